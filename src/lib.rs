@@ -1,0 +1,25 @@
+//! mpchat: a self-hosted end-to-end-encrypted group chat.
+//!
+//! Layers, bottom up:
+//! - [`encoding`], [`fsutil`]: hex/base64/decimal text forms; durable file replacement.
+//! - [`crypto`]: the only module that names `ring`, `rsa` and `pbkdf2`.
+//! - [`mtp`]: the Message Transfer Protocol: the 24-byte header, frame sealing and
+//!   opening with per-direction sequence numbers and the rekey after `0xFFFF`.
+//! - [`login`]: the login handshake as client and server state machines, with no
+//!   sockets and no clock (`now` is an argument).
+//! - [`accounts`]: the `users` file (PHC lines) and password checking.
+//!
+//! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
+//! (`mpchat`) is netcat-style. `bin/` holds only argument parsing, logging set-up and
+//! exit codes.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod crypto;
+pub mod e2e;
+pub mod encoding;
+pub mod fsutil;
+pub mod login;
+pub mod mtp;
+pub mod pins;
+pub mod session;
