@@ -187,10 +187,16 @@ impl AeadKey {
     /// Encrypts `in_out` in place and returns the 12-byte mac over `aad` and the
     /// ciphertext.
     pub fn seal_in_place(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; MAC_LEN] {
+        self.seal_in_place_raw(nonce.to_bytes(), aad, in_out)
+    }
+
+    /// [`AeadKey::seal_in_place`] with raw nonce bytes, for keys used outside the MTP
+    /// (an end-to-end content key is fresh per message, so any fixed nonce is unique).
+    pub fn seal_in_place_raw(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> [u8; MAC_LEN] {
         let tag = self
             .key
             .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce.to_bytes()),
+                aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 in_out,
             )
@@ -207,13 +213,18 @@ impl AeadKey {
     /// plaintext, and sealing that plaintext again yields the ciphertext's true tag.
     /// The plaintext is released only after a constant-time comparison of 12 bytes.
     pub fn open(&self, nonce: Nonce, aad: &[u8], ciphertext: &[u8], mac: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.open_raw(nonce.to_bytes(), aad, ciphertext, mac)
+    }
+
+    /// [`AeadKey::open`] with raw nonce bytes.
+    pub fn open_raw(&self, nonce: [u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8], mac: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if mac.len() != MAC_LEN {
             return Err(CryptoError::BadMac);
         }
         let mut plain = ciphertext.to_vec();
-        self.seal_in_place(nonce, &[], &mut plain);
+        self.seal_in_place_raw(nonce, &[], &mut plain);
         let mut again = plain.clone();
-        let tag = self.seal_in_place(nonce, aad, &mut again);
+        let tag = self.seal_in_place_raw(nonce, aad, &mut again);
         if ct_eq(&tag, mac) {
             Ok(plain)
         } else {
