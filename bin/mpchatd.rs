@@ -1,1 +1,215 @@
-fn main(){}
+//! `mpchatd`: the mpchat server, and its account administration subcommands.
+//! Argument parsing, logging set-up and exit codes only; the work is in the library.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use mpchat::accounts;
+use mpchat::cli::{self, Arg, UsageError, EXIT_FAILURE, EXIT_USAGE};
+use mpchat::server::{self, Config, Server};
+
+const USAGE: &str = "\
+usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
+       mpchatd useradd NAME [--state-dir DIR] [--password-stdin] [--iterations N]
+       mpchatd passwd NAME [--state-dir DIR] [--password-stdin] [--iterations N]
+       mpchatd userdel NAME [--state-dir DIR]
+       mpchatd users [--state-dir DIR]
+       mpchatd --help | --version
+
+Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
+/var/lib/mpchat). Limits (defaults in brackets):
+  --login-grace SECS        time to finish the login [10]
+  --max-prelogin N          connections still logging in [64]
+  --max-connections N       connections in all [10000]
+  --login-window SECS       accepted login clock skew, plus or minus [30]
+  --invite-wait SECS        wait for online invitees before init_res [30]
+  --heartbeat SECS          idle time before a heartbeat [60]
+  --heartbeat-timeout SECS  time to answer a heartbeat [30]
+  --queue-len N             frames queued per connection [1024]
+  --max-participants N      per session, creator included [100]
+  --backlog-messages N      unacknowledged messages per session [10000]
+  --backlog-bytes N         unacknowledged envelope bytes per session [67108864]
+See mpchatd(8).";
+
+const SERVE_OPTS: &[&str] = &[
+    "--state-dir",
+    "--listen",
+    "--login-grace",
+    "--max-prelogin",
+    "--max-connections",
+    "--login-window",
+    "--invite-wait",
+    "--heartbeat",
+    "--heartbeat-timeout",
+    "--queue-len",
+    "--max-participants",
+    "--backlog-messages",
+    "--backlog-bytes",
+];
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl From<UsageError> for Failure {
+    fn from(e: UsageError) -> Self {
+        Failure::Usage(e.0)
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("mpchatd: {msg}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run() -> Result<(), Failure> {
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    let sub = args.first().and_then(|a| a.to_str()).map(str::to_string);
+    match sub.as_deref() {
+        Some("useradd") | Some("passwd") | Some("userdel") | Some("users") => {
+            args.remove(0);
+            admin(sub.as_deref().unwrap_or_default(), args)
+        }
+        _ => serve(args),
+    }
+}
+
+fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
+    let p = "mpchatd";
+    let mut config = Config::default();
+    for arg in cli::parse(p, args, SERVE_OPTS, &["--help", "--version"])? {
+        let (name, value) = match arg {
+            Arg::Pos(x) => {
+                return Err(Failure::Usage(format!(
+                    "mpchatd: unexpected argument {x:?}; subcommands are useradd, passwd, userdel and users; see mpchatd --help"
+                )))
+            }
+            Arg::Opt(name, value) => (name, value.unwrap_or_default()),
+        };
+        let v = value.as_str();
+        match name.as_str() {
+            "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            "--version" => {
+                println!("mpchatd {}", env!("CARGO_PKG_VERSION"));
+                return Ok(());
+            }
+            "--state-dir" => config.state_dir = PathBuf::from(v),
+            "--listen" => config.listen = v.to_string(),
+            "--login-grace" => config.login_grace = cli::seconds(p, &name, v)?,
+            "--max-prelogin" => config.max_prelogin = positive(p, &name, v)?,
+            "--max-connections" => config.max_connections = positive(p, &name, v)?,
+            "--login-window" => config.login_window = cli::seconds(p, &name, v)?,
+            "--invite-wait" => config.invite_wait = cli::seconds(p, &name, v)?,
+            "--heartbeat" => config.heartbeat_idle = cli::seconds(p, &name, v)?,
+            "--heartbeat-timeout" => config.heartbeat_timeout = cli::seconds(p, &name, v)?,
+            "--queue-len" => config.queue_len = positive(p, &name, v)?,
+            "--max-participants" => config.limits.max_participants = positive::<usize>(p, &name, v)?.max(2),
+            "--backlog-messages" => config.limits.backlog_messages = positive(p, &name, v)?,
+            "--backlog-bytes" => config.limits.backlog_bytes = positive(p, &name, v)?,
+            _ => unreachable!("cli::parse only returns listed options"),
+        }
+    }
+    let server = Server::bind(config).map_err(|e| Failure::Runtime(e.0))?;
+    let addr = server.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
+    println!("listening on {addr}");
+    let _ = io::stdout().flush();
+    server.run().map_err(|e| Failure::Runtime(e.0))
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(p: &str, name: &str, v: &str) -> Result<T, UsageError> {
+    let n: T = cli::number(p, name, v)?;
+    if n <= T::default() {
+        return Err(UsageError(format!("{p}: {name} must be at least 1")));
+    }
+    Ok(n)
+}
+
+fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
+    let p = format!("mpchatd {sub}");
+    let mut state_dir = PathBuf::from(server::DEFAULT_STATE_DIR);
+    let mut password_stdin = false;
+    let mut iterations = accounts::DEFAULT_ITERATIONS;
+    let mut names = Vec::new();
+    for arg in cli::parse(&p, args, &["--state-dir", "--iterations"], &["--password-stdin", "--help"])? {
+        match arg {
+            Arg::Pos(n) => names.push(n),
+            Arg::Opt(name, value) => match (name.as_str(), value.unwrap_or_default()) {
+                ("--help", _) => {
+                    println!("{USAGE}");
+                    return Ok(());
+                }
+                ("--state-dir", v) => state_dir = PathBuf::from(v),
+                ("--iterations", v) => iterations = positive(&p, &name, &v)?,
+                ("--password-stdin", _) => password_stdin = true,
+                _ => unreachable!("cli::parse only returns listed options"),
+            },
+        }
+    }
+    let wants_name = sub != "users";
+    if wants_name && names.len() != 1 {
+        return Err(Failure::Usage(format!("{p}: give exactly one user name; see mpchatd --help")));
+    }
+    if !wants_name && !names.is_empty() {
+        return Err(Failure::Usage(format!("{p}: takes no user name; see mpchatd --help")));
+    }
+    let rt = |e: accounts::AdminError| Failure::Runtime(e.to_string());
+    let password = || -> Result<String, Failure> {
+        let r = if password_stdin {
+            cli::read_password_line(&mut io::stdin().lock())
+        } else {
+            cli::prompt_password("Password: ")
+        };
+        r.map_err(|e| {
+            Failure::Runtime(if password_stdin {
+                format!("cannot read the password from standard input: {e}")
+            } else {
+                format!("cannot prompt for a password ({e}); pass --password-stdin and pipe it in")
+            })
+        })
+    };
+    match sub {
+        "useradd" => {
+            let name = &names[0];
+            if !accounts::valid_username(name) {
+                return Err(Failure::Usage(format!(
+                    "{p}: invalid user name {name:?}: use 1-32 characters of a-z 0-9 . _ -, starting with a letter or digit"
+                )));
+            }
+            let pw = password()?;
+            let uid = accounts::add_user(&state_dir, name, &pw, iterations).map_err(rt)?;
+            println!("added {name} uid {uid:016x}");
+        }
+        "passwd" => {
+            let pw = password()?;
+            accounts::set_password(&state_dir, &names[0], &pw, iterations).map_err(rt)?;
+            println!("changed the password of {}", names[0]);
+        }
+        "userdel" => {
+            accounts::remove_user(&state_dir, &names[0]).map_err(rt)?;
+            println!("removed {}", names[0]);
+        }
+        _ => {
+            for (name, uid, iters) in accounts::list_users(&state_dir).map_err(rt)? {
+                println!("{name} {uid:016x} {iters}");
+            }
+        }
+    }
+    Ok(())
+}

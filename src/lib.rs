@@ -22,4 +22,5 @@ pub mod fsutil;
 pub mod login;
 pub mod mtp;
 pub mod pins;
+pub mod registry;
 pub mod session;

@@ -333,6 +333,8 @@ impl Receiver {
 pub enum ReadError {
     /// The peer closed the connection cleanly between frames.
     Eof,
+    /// A read timeout expired before the first byte of a frame arrived.
+    Idle,
     /// The transport failed, timed out or closed in the middle of a frame.
     Io(io::Error),
     /// The header is invalid; the rest of the frame was not read.
@@ -343,6 +345,7 @@ impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadError::Eof => f.write_str("connection closed"),
+            ReadError::Idle => f.write_str("no frame before the timeout"),
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::Mtp(e) => write!(f, "{e}"),
         }
@@ -362,6 +365,9 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
             Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if got == 0 && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(ReadError::Idle)
+            }
             Err(e) => return Err(ReadError::Io(e)),
         }
     }

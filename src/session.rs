@@ -135,7 +135,10 @@ impl Session {
 
     /// Stored messages for `uid` after `after`, authored by others, in `n` order.
     pub fn messages_after(&self, uid: u64, after: u64) -> impl Iterator<Item = &Stored> {
-        self.messages.iter().filter(move |m| m.n > after && m.author != uid)
+        // Stored messages have consecutive numbers (they are added in order and
+        // forgotten from the front), so the start is found by arithmetic, not a scan.
+        let skip = self.messages.front().map_or(0, |m| after.saturating_sub(m.n - 1) as usize);
+        self.messages.iter().skip(skip).filter(move |m| m.n > after && m.author != uid)
     }
 
     /// Drops messages every recipient has acknowledged. A message's recipients are the

@@ -1,0 +1,368 @@
+//! The server's shared state: sessions and who is online, behind one `Mutex`.
+//!
+//! Request handlers here run with the lock held, so they do no I/O and no crypto:
+//! they check a request against [`Sessions`], apply the resulting [`Record`], and
+//! queue outgoing frames on the connections' bounded channels with `try_send`. A
+//! connection whose queue is full is not waited for: it is marked doomed, and the
+//! caller closes it after releasing the lock (its messages stay stored and are
+//! delivered again after its next login). Message delivery itself is pulled from the
+//! store by each connection's writer thread after a [`Out::Wake`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+
+use crate::mtp::MsgType;
+use crate::session::{Answer, InviteAnswer, Record, Refusal, Sessions};
+
+/// Something for a connection's writer thread to do.
+#[derive(Debug)]
+pub enum Out {
+    /// Seal and send one frame.
+    Frame {
+        /// Message type.
+        typ: MsgType,
+        /// Header sid.
+        sid: u64,
+        /// Header uid (0 when the server speaks, else the user it speaks for).
+        uid: u64,
+        /// Plaintext payload.
+        payload: Vec<u8>,
+    },
+    /// New stored messages may be waiting: pull them from the store.
+    Wake,
+}
+
+/// An online user's connection as the registry sees it.
+pub struct Conn {
+    /// Unique per connection, so a replaced connection cannot unregister its successor.
+    pub id: u64,
+    /// The writer thread's bounded queue.
+    pub tx: SyncSender<Out>,
+    /// Set while a [`Out::Wake`] is queued and not yet taken, so wakes coalesce.
+    pub wake_pending: Arc<AtomicBool>,
+    /// Closes the connection's socket (both threads then end).
+    pub close: Box<dyn Fn() + Send>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conn({})", self.id)
+    }
+}
+
+/// Who sent a request: the user and the connection it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    /// Authenticated uid.
+    pub uid: u64,
+    /// Connection id.
+    pub conn: u64,
+}
+
+/// What a request changed that the caller must still do outside the lock.
+#[derive(Debug, Default)]
+pub struct Followup {
+    /// The session needs an invite-wait timer.
+    pub start_invite_timer: Option<u64>,
+}
+
+/// Sessions plus online connections.
+#[derive(Debug)]
+pub struct Registry {
+    /// All session state.
+    pub sessions: Sessions,
+    online: HashMap<u64, Conn>,
+    /// For pending sessions: invitees online at creation who have not answered.
+    waiting: HashMap<u64, HashSet<u64>>,
+    /// Connections to close once the lock is released.
+    doomed: Vec<Conn>,
+    /// Records applied, in order, since the caller last took them (for the journal).
+    applied: Vec<Record>,
+}
+
+impl Registry {
+    /// A registry over `sessions` with nobody online.
+    pub fn new(sessions: Sessions) -> Self {
+        Registry { sessions, online: HashMap::new(), waiting: HashMap::new(), doomed: Vec::new(), applied: Vec::new() }
+    }
+
+    /// Whether `uid` has a connection.
+    pub fn is_online(&self, uid: u64) -> bool {
+        self.online.contains_key(&uid)
+    }
+
+    /// Number of online users.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
+    /// Connections to close now that the caller is about to release the lock.
+    pub fn take_doomed(&mut self) -> Vec<Conn> {
+        std::mem::take(&mut self.doomed)
+    }
+
+    /// Records applied since the last call, in order.
+    pub fn take_applied(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.applied)
+    }
+
+    fn commit(&mut self, rec: Record) {
+        let ok = self.sessions.apply(&rec);
+        debug_assert!(ok, "planned records always apply: {rec:?}");
+        self.applied.push(rec);
+    }
+
+    /// Queues `out` for `uid` if online. A full or dead queue dooms the connection.
+    fn send(&mut self, uid: u64, out: Out) {
+        let Some(conn) = self.online.get(&uid) else { return };
+        match conn.tx.try_send(out) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                if let Some(conn) = self.online.remove(&uid) {
+                    log::warn!("closing a connection whose outgoing queue is full (uid {uid:016x})");
+                    self.doomed.push(conn);
+                }
+            }
+        }
+    }
+
+    /// Queues a reply for the connection a request came on (dropped if that
+    /// connection has since been replaced).
+    fn reply(&mut self, to: Requester, typ: MsgType, sid: u64, payload: impl Into<Vec<u8>>) {
+        if self.online.get(&to.uid).is_some_and(|c| c.id == to.conn) {
+            self.send(to.uid, Out::Frame { typ, sid, uid: 0, payload: payload.into() });
+        }
+    }
+
+    /// Tells `uid`'s writer that stored messages may be waiting.
+    pub fn wake(&mut self, uid: u64) {
+        let pending = match self.online.get(&uid) {
+            Some(c) => c.wake_pending.swap(true, Ordering::AcqRel),
+            None => return,
+        };
+        if !pending {
+            self.send(uid, Out::Wake);
+        }
+    }
+
+    /// Registers a freshly logged-in connection. A previous connection of the same user
+    /// is replaced and doomed. Unanswered invitations are sent again and stored
+    /// messages are offered for redelivery.
+    pub fn login(&mut self, uid: u64, conn: Conn) {
+        if let Some(old) = self.online.insert(uid, conn) {
+            self.doomed.push(old);
+        }
+        let invites: Vec<(u64, u64)> = self
+            .sessions
+            .sessions_of(uid)
+            .filter(|s| s.participant(uid).is_some_and(|p| p.answer == Answer::Invited))
+            .map(|s| (s.sid, s.creator))
+            .collect();
+        for (sid, creator) in invites {
+            self.send(uid, Out::Frame { typ: MsgType::InviteReq, sid, uid: creator, payload: Vec::new() });
+        }
+        self.wake(uid);
+    }
+
+    /// Unregisters connection `conn` of `uid`, unless it was already replaced.
+    pub fn logout(&mut self, uid: u64, conn: u64) {
+        if self.online.get(&uid).is_some_and(|c| c.id == conn) {
+            self.online.remove(&uid);
+        }
+    }
+
+    /// Pushes the session's status to every online accepted participant.
+    fn push_status(&mut self, sid: u64) {
+        let Some(s) = self.sessions.get(sid) else { return };
+        if !s.live {
+            return;
+        }
+        let payload = s.status_payload(|uid| self.online.contains_key(&uid)).into_bytes();
+        let to: Vec<u64> = s.accepted().map(|p| p.uid).filter(|u| self.online.contains_key(u)).collect();
+        for uid in to {
+            self.send(uid, Out::Frame { typ: MsgType::StatusRes, sid, uid: 0, payload: payload.clone() });
+        }
+    }
+
+    /// Makes a pending session live: init_res to the creator, then the status push.
+    pub fn go_live(&mut self, sid: u64) {
+        self.waiting.remove(&sid);
+        let Some(s) = self.sessions.get(sid) else { return };
+        if s.live {
+            return;
+        }
+        let creator = s.creator;
+        self.commit(Record::Live { sid });
+        self.send(creator, Out::Frame { typ: MsgType::InitRes, sid, uid: 0, payload: b"OK".to_vec() });
+        self.push_status(sid);
+    }
+
+    /// init_req, already parsed, names resolved and the key checked by the caller
+    /// (outside the lock). `fresh_sid` draws random candidate sids.
+    pub fn init(
+        &mut self,
+        from: Requester,
+        creator_name: String,
+        creator_key: String,
+        invitees: Vec<(u64, String)>,
+        mut fresh_sid: impl FnMut() -> u64,
+    ) -> Followup {
+        let mut sid = fresh_sid();
+        while self.sessions.is_used(sid) {
+            sid = fresh_sid();
+        }
+        let rec = match self.sessions.plan_init(sid, (from.uid, creator_name), creator_key, invitees.clone()) {
+            Ok(rec) => rec,
+            Err(refusal) => {
+                self.reply(from, MsgType::InitRes, 0, refusal.payload());
+                return Followup::default();
+            }
+        };
+        self.commit(rec);
+        let online: HashSet<u64> = invitees.iter().map(|(u, _)| *u).filter(|u| self.online.contains_key(u)).collect();
+        for uid in &online {
+            self.send(*uid, Out::Frame { typ: MsgType::InviteReq, sid, uid: from.uid, payload: Vec::new() });
+        }
+        if online.is_empty() {
+            self.go_live(sid);
+            Followup::default()
+        } else {
+            self.waiting.insert(sid, online);
+            Followup { start_invite_timer: Some(sid) }
+        }
+    }
+
+    /// invite_res (its key, if any, already checked by the caller). No reply.
+    pub fn answer(&mut self, from: Requester, sid: u64, answer: InviteAnswer) {
+        let Some(rec) = self.sessions.plan_answer(sid, from.uid, answer) else { return };
+        self.commit(rec);
+        let live = self.sessions.get(sid).is_some_and(|s| s.live);
+        if live {
+            self.push_status(sid);
+            self.wake(from.uid);
+        } else if let Some(w) = self.waiting.get_mut(&sid) {
+            w.remove(&from.uid);
+            if w.is_empty() {
+                self.go_live(sid);
+            }
+        }
+    }
+
+    /// The invite wait of `sid` ended.
+    pub fn invite_wait_over(&mut self, sid: u64) {
+        if self.waiting.contains_key(&sid) {
+            self.go_live(sid);
+        }
+    }
+
+    /// msg_req: numbers and stores the envelope, replies `OK <n>` and wakes the online
+    /// recipients. Returns the number, if accepted.
+    pub fn message(&mut self, from: Requester, sid: u64, envelope: &[u8]) -> Option<u64> {
+        match self.sessions.plan_message(sid, from.uid, envelope) {
+            Ok(rec) => {
+                let Record::Message { n, .. } = rec else { unreachable!("plan_message plans messages") };
+                self.commit(rec);
+                self.reply(from, MsgType::MsgRes, sid, format!("OK {n}"));
+                Some(n)
+            }
+            Err(refusal) => {
+                self.reply(from, MsgType::MsgRes, sid, refusal.payload());
+                None
+            }
+        }
+    }
+
+    /// Wakes every online recipient of `sid`'s newest messages (the accepted
+    /// participants other than `author`). Called once the message is durable.
+    pub fn wake_recipients(&mut self, sid: u64, author: u64) {
+        let Some(s) = self.sessions.get(sid) else { return };
+        let to: Vec<u64> = s.accepted().map(|p| p.uid).filter(|&u| u != author).collect();
+        for uid in to {
+            self.wake(uid);
+        }
+    }
+
+    /// A recipient's acknowledgement `OK <n>`. No reply.
+    pub fn ack(&mut self, from: Requester, sid: u64, n: u64) {
+        if let Some(rec) = self.sessions.plan_ack(sid, from.uid, n) {
+            self.commit(rec);
+        }
+    }
+
+    /// close_req: by the creator only; notices to every other online participant and
+    /// online invitee still to answer.
+    pub fn close(&mut self, from: Requester, sid: u64) {
+        let rec = match self.sessions.plan_close(sid, from.uid) {
+            Ok(rec) => rec,
+            Err(refusal) => {
+                self.reply(from, MsgType::CloseRes, sid, refusal.payload());
+                return;
+            }
+        };
+        let notify: Vec<u64> = self
+            .sessions
+            .get(sid)
+            .map(|s| {
+                s.participants
+                    .iter()
+                    .filter(|p| p.uid != from.uid && p.answer != Answer::Declined)
+                    .map(|p| p.uid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.commit(rec);
+        self.waiting.remove(&sid);
+        self.reply(from, MsgType::CloseRes, sid, "OK");
+        for uid in notify {
+            self.send(uid, Out::Frame { typ: MsgType::CloseReq, sid, uid: from.uid, payload: Vec::new() });
+        }
+    }
+
+    /// status_req: the listing (sid 0) or one session's status.
+    pub fn status(&mut self, from: Requester, sid: u64) {
+        let payload = if sid == 0 {
+            self.sessions.list_payload(from.uid)
+        } else {
+            match self.sessions.visible(sid, from.uid) {
+                Ok(s) => s.status_payload(|uid| self.online.contains_key(&uid)),
+                Err(refusal) => refusal.payload(),
+            }
+        };
+        self.reply(from, MsgType::StatusRes, sid, payload);
+    }
+
+    /// Refuses a request with `error: <reason>` in a reply of type `typ`.
+    pub fn refuse(&mut self, from: Requester, typ: MsgType, sid: u64, refusal: &Refusal) {
+        self.reply(from, typ, sid, refusal.payload());
+    }
+
+    /// Queues a heartbeat (status_req, sid 0, empty) for `from`.
+    pub fn heartbeat(&mut self, from: Requester) {
+        if self.online.get(&from.uid).is_some_and(|c| c.id == from.conn) {
+            self.send(from.uid, Out::Frame { typ: MsgType::StatusReq, sid: 0, uid: 0, payload: Vec::new() });
+        }
+    }
+
+    /// Stored messages for `uid` in `sid` after `after`, at most `max`, as
+    /// `(n, author, envelope)`; `None` if `uid` is not an accepted participant of a
+    /// live session there. Used by writer threads to pull deliveries.
+    pub fn pending_for(&self, uid: u64, sid: u64, after: u64, max: usize) -> Option<Vec<(u64, u64, Arc<[u8]>)>> {
+        let s = self.sessions.get(sid)?;
+        if !s.live || s.participant(uid)?.answer != Answer::Accepted {
+            return None;
+        }
+        Some(s.messages_after(uid, after).take(max).map(|m| (m.n, m.author, m.envelope.clone())).collect())
+    }
+
+    /// The sessions in which `uid` is an accepted participant, with its acknowledgement
+    /// point in each (where a new writer starts delivering).
+    pub fn delivery_points(&self, uid: u64) -> Vec<(u64, u64)> {
+        self.sessions
+            .sessions_of(uid)
+            .filter(|s| s.live)
+            .filter_map(|s| s.participant(uid).filter(|p| p.answer == Answer::Accepted).map(|p| (s.sid, p.acked)))
+            .collect()
+    }
+}

@@ -1,0 +1,683 @@
+//! `mpchatd`'s network side: the listener, a reader and a writer thread per
+//! connection, the invite-wait timer, and the pre-authentication limits.
+//!
+//! The accept loop only accepts, counts and spawns; untrusted bytes are parsed only in
+//! the connection's own thread. Counts are kept right on every exit path by RAII
+//! guards. No lock is held across socket I/O or cryptography: handlers lock the
+//! [`Registry`] briefly, and every outgoing frame is sealed and written by the
+//! connection's writer thread, which owns the outgoing MTP state.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver as ChanReceiver};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::accounts::{PasswordGate, UsersFile};
+use crate::crypto::{self, RsaPrivate, RsaPublic};
+use crate::login::{self, ExpectLoginReq, ReplayCache};
+use crate::mtp::{self, MsgType, ReadError};
+use crate::registry::{Conn, Out, Registry, Requester};
+use crate::session::{self, Limits, Refusal, Sessions};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5150";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mpchat";
+/// A login must be complete within this time of the connection's start.
+pub const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(10);
+/// Connections still logging in, at most.
+pub const DEFAULT_MAX_PRELOGIN: usize = 64;
+/// Connections in all, at most.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long init_res waits for the invitees online at creation to answer.
+pub const DEFAULT_INVITE_WAIT: Duration = Duration::from_secs(30);
+/// Silence from a client after which the server sends a heartbeat status_req.
+pub const DEFAULT_HEARTBEAT_IDLE: Duration = Duration::from_secs(60);
+/// Time a client has to answer a heartbeat before it is disconnected.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames queued for one connection's writer; a live fan-out that finds the queue full
+/// closes the connection rather than buffering without limit.
+pub const DEFAULT_QUEUE_LEN: usize = 1024;
+/// Messages a writer pulls from the store per lock acquisition.
+const DELIVERY_BATCH: usize = 64;
+/// Bytes a writer gathers before one write system call.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// Stack of a connection's reader thread (it runs RSA and PBKDF2).
+const READER_STACK: usize = 256 * 1024;
+/// Stack of a connection's writer thread (it only seals and writes).
+const WRITER_STACK: usize = 128 * 1024;
+/// Security warnings logged per second at most; the rest are counted.
+const WARNINGS_PER_SECOND: u32 = 20;
+
+/// Server settings; every limit has a command-line flag.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory (accounts, server key, sessions).
+    pub state_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: String,
+    /// Login grace time.
+    pub login_grace: Duration,
+    /// Cap on connections still logging in.
+    pub max_prelogin: usize,
+    /// Cap on connections in all.
+    pub max_connections: usize,
+    /// Login timestamp window (±).
+    pub login_window: Duration,
+    /// Invite wait before init_res.
+    pub invite_wait: Duration,
+    /// Idle time before a heartbeat.
+    pub heartbeat_idle: Duration,
+    /// Time to answer a heartbeat.
+    pub heartbeat_timeout: Duration,
+    /// Per-connection outgoing queue length.
+    pub queue_len: usize,
+    /// Session limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            listen: DEFAULT_LISTEN.to_string(),
+            login_grace: DEFAULT_LOGIN_GRACE,
+            max_prelogin: DEFAULT_MAX_PRELOGIN,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            login_window: login::DEFAULT_LOGIN_WINDOW,
+            invite_wait: DEFAULT_INVITE_WAIT,
+            heartbeat_idle: DEFAULT_HEARTBEAT_IDLE,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            queue_len: DEFAULT_QUEUE_LEN,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the server could not start; each message says what to do.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Name of the server's private key file in the state directory.
+pub const SERVER_KEY_FILE: &str = "server.key";
+/// Name of the server's public key file in the state directory.
+pub const SERVER_PUB_FILE: &str = "server.pub";
+
+/// Loads the server key from `state_dir`, creating the directory and the key pair on
+/// first start. Returns the key and whether it was created.
+pub fn load_server_key(state_dir: &Path) -> Result<(RsaPrivate, bool), StartError> {
+    crate::fsutil::ensure_private_dir(state_dir).map_err(|e| {
+        StartError(format!(
+            "cannot create state directory {}: {e}; create it or pass --state-dir DIR",
+            state_dir.display()
+        ))
+    })?;
+    crypto::load_or_create_key_pair(
+        &state_dir.join(SERVER_KEY_FILE),
+        &state_dir.join(SERVER_PUB_FILE),
+        crypto::SERVER_KEY_BITS,
+    )
+    .map_err(|e| match e {
+        crypto::KeyFileError::Io(e) => StartError(format!(
+            "cannot use the server key in {}: {e}; check that the directory is writable by this user",
+            state_dir.display()
+        )),
+        crypto::KeyFileError::Invalid => StartError(format!(
+            "{} is not a valid RSA-2048 PKCS#8 PEM key; restore it from a backup or move it away to create a new one",
+            state_dir.join(SERVER_KEY_FILE).display()
+        )),
+    })
+}
+
+/// Counts a connection in a counter for as long as it lives.
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs at most [`WARNINGS_PER_SECOND`] security warnings a second, so a flood cannot
+/// fill the disk; the rest are counted and reported once.
+struct WarnLimiter {
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl WarnLimiter {
+    fn new() -> Self {
+        WarnLimiter { state: Mutex::new((Instant::now(), 0, 0)) }
+    }
+
+    fn warn(&self, args: std::fmt::Arguments<'_>) {
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        if now.duration_since(st.0) >= Duration::from_secs(1) {
+            if st.2 > 0 {
+                log::warn!("{} similar warnings suppressed", st.2);
+            }
+            *st = (now, 0, 0);
+        }
+        if st.1 < WARNINGS_PER_SECOND {
+            st.1 += 1;
+            log::warn!("{args}");
+        } else {
+            st.2 += 1;
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it (the
+/// registry's invariants are kept by `apply`, which does not panic midway).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Invite-wait deadlines, served by one timer thread.
+struct Timers {
+    heap: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
+    cv: Condvar,
+}
+
+struct Shared {
+    config: Config,
+    key: RsaPrivate,
+    users: UsersFile,
+    gate: PasswordGate,
+    replay: Mutex<ReplayCache>,
+    registry: Mutex<Registry>,
+    prelogin: AtomicUsize,
+    total: AtomicUsize,
+    next_conn: AtomicU64,
+    timers: Timers,
+    warnings: WarnLimiter,
+}
+
+impl Shared {
+    /// Runs `f` on the locked registry, then closes the connections it doomed, after
+    /// the lock is released.
+    fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let (r, doomed) = {
+            let mut reg = lock(&self.registry);
+            let r = f(&mut reg);
+            (r, reg.take_doomed())
+        };
+        for conn in doomed {
+            (conn.close)();
+        }
+        r
+    }
+
+    fn schedule_invite_wait(&self, sid: u64) {
+        let deadline = Instant::now() + self.config.invite_wait;
+        lock(&self.timers.heap).push(Reverse((deadline, sid)));
+        self.timers.cv.notify_one();
+    }
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Loads or creates the state (key, accounts) and binds the listen address.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let (key, created) = load_server_key(&config.state_dir)?;
+        let fp = key.public().fingerprint();
+        if created {
+            log::info!("created server key {}", config.state_dir.join(SERVER_KEY_FILE).display());
+        }
+        log::info!("server key fingerprint {fp}");
+        let users = UsersFile::open(&config.state_dir).map_err(|e| {
+            StartError(format!("cannot read the accounts in {}: {e}", config.state_dir.display()))
+        })?;
+        let listener = TcpListener::bind(&config.listen).map_err(|e| {
+            StartError(format!(
+                "cannot listen on {}: {e}; choose another address with --listen ADDR:PORT",
+                config.listen
+            ))
+        })?;
+        let sessions = Sessions::new(config.limits);
+        let shared = Arc::new(Shared {
+            key,
+            users,
+            gate: PasswordGate::new(),
+            replay: Mutex::new(ReplayCache::new(login::REPLAY_CACHE_CAPACITY)),
+            registry: Mutex::new(Registry::new(sessions)),
+            prelogin: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            timers: Timers { heap: Mutex::new(BinaryHeap::new()), cv: Condvar::new() },
+            warnings: WarnLimiter::new(),
+            config,
+        });
+        Ok(Server { listener, shared })
+    }
+
+    /// The bound address (with the real port when listening on port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The server key's fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.shared.key.public().fingerprint()
+    }
+
+    /// Accepts connections forever.
+    pub fn run(self) -> Result<(), StartError> {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("timers".into())
+            .spawn(move || run_timers(&shared))
+            .map_err(|e| StartError(format!("cannot start the timer thread: {e}")))?;
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    // Out of file descriptors: back off instead of spinning.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            self.admit(stream);
+        }
+        Ok(())
+    }
+
+    fn admit(&self, stream: TcpStream) {
+        let sh = &self.shared;
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        if sh.total.load(Ordering::Acquire) >= sh.config.max_connections {
+            sh.warnings.warn(format_args!("{peer}: refused, {} connections open", sh.config.max_connections));
+            return;
+        }
+        if sh.prelogin.load(Ordering::Acquire) >= sh.config.max_prelogin {
+            sh.warnings.warn(format_args!("{peer}: refused, {} connections still logging in", sh.config.max_prelogin));
+            return;
+        }
+        sh.total.fetch_add(1, Ordering::AcqRel);
+        sh.prelogin.fetch_add(1, Ordering::AcqRel);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new().stack_size(READER_STACK).spawn(move || {
+            let total = CountGuard(&shared.total);
+            let prelogin = CountGuard(&shared.prelogin);
+            connection(&shared, stream, peer, prelogin);
+            drop(total);
+        });
+        if let Err(e) = spawned {
+            log::warn!("{peer}: cannot start a connection thread: {e}");
+            sh.total.fetch_sub(1, Ordering::AcqRel);
+            sh.prelogin.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn run_timers(shared: &Shared) {
+    let mut heap = lock(&shared.timers.heap);
+    loop {
+        let now = Instant::now();
+        match heap.peek() {
+            Some(Reverse((at, _))) if *at <= now => {
+                let Some(Reverse((_, sid))) = heap.pop() else { continue };
+                drop(heap);
+                shared.with_registry(|reg| reg.invite_wait_over(sid));
+                heap = lock(&shared.timers.heap);
+            }
+            Some(Reverse((at, _))) => {
+                let wait = *at - now;
+                heap = shared.timers.cv.wait_timeout(heap, wait).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            None => {
+                heap = shared.timers.cv.wait(heap).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+/// Reads from a stream with the remaining time to `deadline` as the read timeout, so
+/// a login dribbled byte by byte still ends at the grace time.
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf)
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Runs the login; on success returns the username, the login_res frame and the
+/// established keys. Every failure closes the connection with no reply.
+fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<(String, Vec<u8>, login::Established)> {
+    let deadline = Instant::now() + shared.config.login_grace;
+    let frame = match mtp::read_frame(&mut DeadlineReader { stream, deadline }) {
+        Ok(f) => f,
+        Err(ReadError::Eof) => return None,
+        Err(ReadError::Idle) | Err(ReadError::Io(_)) => {
+            log::info!("{peer}: no login within the grace time");
+            return None;
+        }
+        Err(ReadError::Mtp(e)) => {
+            shared.warnings.warn(format_args!("{peer}: rejected login frame: {e}"));
+            return None;
+        }
+    };
+    let opened = match ExpectLoginReq::open(&shared.key, &frame) {
+        Ok(o) => o,
+        Err(e) => {
+            shared.warnings.warn(format_args!("{peer}: rejected login request: {e}"));
+            return None;
+        }
+    };
+    let check = {
+        let mut replay = lock(&shared.replay);
+        opened.check_fresh(now_ns(), shared.config.login_window, &mut replay)
+    };
+    let check = match check {
+        Ok(c) => c,
+        Err(e) => {
+            shared.warnings.warn(format_args!("{peer}: rejected login request: {e}"));
+            return None;
+        }
+    };
+    let accounts = shared.users.current();
+    let uid = {
+        let _permit = shared.gate.acquire();
+        accounts.check_password(check.username(), check.password())
+    };
+    let Some(uid) = uid else {
+        shared.warnings.warn(format_args!("{peer}: failed login for user {}", check.username()));
+        return None;
+    };
+    let name = check.username().to_string();
+    match check.accept(uid) {
+        Ok((frame, est)) => Some((name, frame, est)),
+        Err(e) => {
+            log::warn!("{peer}: cannot complete login: {e}");
+            None
+        }
+    }
+}
+
+fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, prelogin: CountGuard<'_>) {
+    let Some((name, login_res, est)) = login(shared, &stream, peer) else {
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    };
+    drop(prelogin);
+    let uid = est.uid;
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::sync_channel(shared.config.queue_len);
+    let wake = Arc::new(AtomicBool::new(false));
+    let (Ok(closer), Ok(write_half)) = (stream.try_clone(), stream.try_clone()) else {
+        return;
+    };
+    let conn = Conn {
+        id,
+        tx,
+        wake_pending: wake.clone(),
+        close: Box::new(move || {
+            let _ = closer.shutdown(Shutdown::Both);
+        }),
+    };
+    // The user counts as online (invites, pushes) before login_res is sent: the
+    // writer sends login_res before anything queued here.
+    shared.with_registry(|reg| reg.login(uid, conn));
+    log::info!("{peer}: {name} logged in");
+    let sh = shared.clone();
+    let sender = est.sender;
+    let spawned = std::thread::Builder::new()
+        .stack_size(WRITER_STACK)
+        .spawn(move || writer(&sh, write_half, sender, rx, wake, uid, login_res));
+    if spawned.is_err() {
+        log::warn!("{peer}: cannot start a writer thread");
+        shared.with_registry(|reg| reg.logout(uid, id));
+        return;
+    }
+    let me = Requester { uid, conn: id };
+    serve(shared, &stream, peer, me, &name, est.receiver);
+    shared.with_registry(|reg| reg.logout(uid, id));
+    let _ = stream.shutdown(Shutdown::Both);
+    log::info!("{peer}: {name} disconnected");
+}
+
+/// The reader loop of a logged-in connection.
+fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, name: &str, mut receiver: mtp::Receiver) {
+    let mut heartbeat_sent = false;
+    loop {
+        let timeout = if heartbeat_sent { shared.config.heartbeat_timeout } else { shared.config.heartbeat_idle };
+        if stream.set_read_timeout(Some(timeout)).is_err() {
+            return;
+        }
+        let frame = match mtp::read_frame(&mut &*stream) {
+            Ok(f) => f,
+            Err(ReadError::Idle) if !heartbeat_sent => {
+                shared.with_registry(|reg| reg.heartbeat(me));
+                heartbeat_sent = true;
+                continue;
+            }
+            Err(ReadError::Idle) => {
+                log::info!("{peer}: {name} did not answer the heartbeat");
+                return;
+            }
+            Err(ReadError::Eof) | Err(ReadError::Io(_)) => return,
+            Err(ReadError::Mtp(e)) => {
+                shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {e}"));
+                return;
+            }
+        };
+        let (header, payload) = match receiver.open(&frame) {
+            Ok(x) => x,
+            Err(e) => {
+                shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {e}"));
+                return;
+            }
+        };
+        heartbeat_sent = false;
+        if header.uid != me.uid {
+            shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: header uid is not the user's"));
+            return;
+        }
+        if let Err(what) = dispatch(shared, me, name, header.typ, header.sid, &payload) {
+            shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {what}"));
+            return;
+        }
+    }
+}
+
+/// Handles one authenticated request. `Err` closes the connection (a type the client
+/// may not send, or a malformed heartbeat answer).
+fn dispatch(shared: &Shared, me: Requester, name: &str, typ: MsgType, sid: u64, payload: &[u8]) -> Result<(), &'static str> {
+    match typ {
+        MsgType::InitReq => {
+            init(shared, me, name, sid, payload);
+        }
+        MsgType::InviteRes => {
+            // A malformed answer or an invalid key changes nothing; invite_res has no
+            // reply to carry an error.
+            let answer = session::parse_invite_answer(payload)
+                .filter(|a| match a {
+                    session::InviteAnswer::Accept(k) => RsaPublic::from_base64(k).is_ok(),
+                    session::InviteAnswer::Deny => true,
+                });
+            match answer {
+                Some(a) => shared.with_registry(|reg| reg.answer(me, sid, a)),
+                None => log::info!("ignored a malformed invite answer from {name}"),
+            }
+        }
+        MsgType::MsgReq => shared.with_registry(|reg| {
+            if reg.message(me, sid, payload).is_some() {
+                reg.wake_recipients(sid, me.uid);
+            }
+        }),
+        MsgType::MsgRes => {
+            if let Some(n) = session::parse_ack(payload) {
+                shared.with_registry(|reg| reg.ack(me, sid, n));
+            }
+        }
+        MsgType::CloseReq => shared.with_registry(|reg| reg.close(me, sid)),
+        MsgType::StatusReq => shared.with_registry(|reg| reg.status(me, sid)),
+        MsgType::StatusRes => {
+            if sid != 0 || payload != b"Online" {
+                return Err("status_res other than a heartbeat answer");
+            }
+        }
+        MsgType::InitRes | MsgType::CloseRes | MsgType::InviteReq => return Err("server-only message type"),
+    }
+    Ok(())
+}
+
+fn init(shared: &Shared, me: Requester, name: &str, sid: u64, payload: &[u8]) {
+    let limits = shared.config.limits;
+    let checked = (|| {
+        if sid != 0 {
+            return Err(Refusal("sid must be 0 in an init request".into()));
+        }
+        let req = session::parse_init(payload, &limits)?;
+        RsaPublic::from_base64(&req.key).map_err(|_| Refusal("invalid public key".into()))?;
+        let accounts = shared.users.current();
+        let mut invitees = Vec::with_capacity(req.invitees.len());
+        for invitee in &req.invitees {
+            if !crate::accounts::valid_username(invitee) {
+                return Err(Refusal("invalid user name in invitee list".into()));
+            }
+            let account = accounts.lookup(invitee).ok_or_else(|| Refusal(format!("unknown user {invitee}")))?;
+            invitees.push((account.uid, account.name.clone()));
+        }
+        Ok((req.key, invitees))
+    })();
+    let (key, invitees) = match checked {
+        Ok(x) => x,
+        Err(refusal) => {
+            shared.with_registry(|reg| reg.refuse(me, MsgType::InitRes, 0, &refusal));
+            return;
+        }
+    };
+    // Draw candidate sids outside the lock; a collision is astronomically rare.
+    let mut candidates: Vec<u64> = (0..4).filter_map(|_| crypto::random_nonzero_u64().ok()).collect();
+    let followup = shared.with_registry(|reg| {
+        reg.init(me, name.to_string(), key, invitees, || {
+            candidates.pop().unwrap_or_else(|| crypto::random_nonzero_u64().unwrap_or(1))
+        })
+    });
+    if let Some(sid) = followup.start_invite_timer {
+        shared.schedule_invite_wait(sid);
+    }
+}
+
+/// The writer thread: owns the outgoing MTP state, drains the queue, and pulls
+/// deliveries from the store when woken.
+fn writer(
+    shared: &Shared,
+    mut stream: TcpStream,
+    mut sender: mtp::Sender,
+    rx: ChanReceiver<Out>,
+    wake: Arc<AtomicBool>,
+    uid: u64,
+    login_res: Vec<u8>,
+) {
+    let mut buf = login_res;
+    let mut cursors: HashMap<u64, u64> = HashMap::new();
+    let result = (|| -> io::Result<()> {
+        stream.write_all(&buf)?;
+        buf.clear();
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(item) = next {
+                match item {
+                    Out::Frame { typ, sid, uid: from, payload } => {
+                        let frame = sender.seal(typ, sid, from, &payload).map_err(io::Error::other)?;
+                        buf.extend_from_slice(&frame);
+                    }
+                    Out::Wake => {
+                        wake.store(false, Ordering::Release);
+                        deliver(shared, &mut stream, &mut sender, &mut buf, &mut cursors, uid)?;
+                    }
+                }
+                if buf.len() >= WRITE_BUFFER {
+                    stream.write_all(&buf)?;
+                    buf.clear();
+                }
+                next = rx.try_recv().ok();
+            }
+            stream.write_all(&buf)?;
+            buf.clear();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        log::debug!("writer for uid {uid:016x} ends: {e}");
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Sends every stored message the user has not been sent yet on this connection, in
+/// `n` order per session, a batch per lock acquisition, so a large backlog is paced by
+/// the socket rather than queued.
+fn deliver(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    sender: &mut mtp::Sender,
+    buf: &mut Vec<u8>,
+    cursors: &mut HashMap<u64, u64>,
+    uid: u64,
+) -> io::Result<()> {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let reg = lock(&shared.registry);
+            for (sid, acked) in reg.delivery_points(uid) {
+                let cursor = cursors.entry(sid).or_insert(acked);
+                *cursor = (*cursor).max(acked);
+                if let Some(msgs) = reg.pending_for(uid, sid, *cursor, DELIVERY_BATCH) {
+                    batch.extend(msgs.into_iter().map(|(n, author, env)| (sid, n, author, env)));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for (sid, n, author, envelope) in batch {
+            let mut payload = Vec::with_capacity(8 + envelope.len());
+            payload.extend_from_slice(&n.to_be_bytes());
+            payload.extend_from_slice(&envelope);
+            let frame = sender.seal(MsgType::MsgReq, sid, author, &payload).map_err(io::Error::other)?;
+            buf.extend_from_slice(&frame);
+            if buf.len() >= WRITE_BUFFER {
+                stream.write_all(buf)?;
+                buf.clear();
+            }
+            cursors.insert(sid, n);
+        }
+    }
+}
