@@ -740,12 +740,14 @@ fn the_gate_never_admits_more_than_its_permits() {
         .map(|_| {
             let (gate, inside, most) = (Arc::clone(&gate), Arc::clone(&inside), Arc::clone(&most));
             thread::spawn(move || {
-                for _ in 0..20 {
+                for _ in 0..10 {
                     let _permit = gate.acquire();
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
-                    // Real work, as a login would do, to give others the chance to pile in.
+                    // Real work, as a login would do, and a pause, so that a broken gate would
+                    // let a third thread in while this one is inside.
                     std::hint::black_box(PasswordHash::with_salt("pw", 200, &[1; 16]).unwrap());
+                    thread::sleep(Duration::from_millis(1));
                     inside.fetch_sub(1, Ordering::SeqCst);
                 }
             })
