@@ -667,19 +667,19 @@ mod tests {
         assert_eq!(MIN_SEALED_LEN, 28);
     }
 
-    /// A syntactically valid envelope with one recipient, fake keys and signature.
+    /// A syntactically valid envelope to `uids`, with filler keys, content and signature.
     fn skeleton(uids: &[u64], w: u16, c: u32, s: u16) -> Vec<u8> {
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&(uids.len() as u16).to_be_bytes());
         for uid in uids {
             v.extend_from_slice(&uid.to_be_bytes());
             v.extend_from_slice(&w.to_be_bytes());
-            v.extend(std::iter::repeat(0xaa).take(w as usize));
+            v.extend(std::iter::repeat_n(0xaa, w as usize));
         }
         v.extend_from_slice(&c.to_be_bytes());
-        v.extend(std::iter::repeat(0xbb).take(c as usize));
+        v.extend(std::iter::repeat_n(0xbb, c as usize));
         v.extend_from_slice(&s.to_be_bytes());
-        v.extend(std::iter::repeat(0xcc).take(s as usize));
+        v.extend(std::iter::repeat_n(0xcc, s as usize));
         v
     }
 
