@@ -1,1 +1,141 @@
-fn main(){}
+//! `mpchat`: the netcat-style mpchat client, and `mpchat keygen`.
+//! Argument parsing, logging set-up and exit codes only; the work is in the library.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use mpchat::cli::{self, Arg, EXIT_FAILURE, EXIT_USAGE};
+use mpchat::client::{self, Config};
+use mpchat::{crypto, pins};
+
+const USAGE: &str = "\
+usage: mpchat --server HOST[:PORT] --server-key FILE --user NAME
+              [--password-file FILE] [--config-dir DIR]
+       mpchat keygen [--config-dir DIR] [--bits N]
+       mpchat --help | --version
+
+Commands on standard input, one per line:
+  /init NAME...   /accept SID   /decline SID   /msg SID TEXT
+  /close SID      /status [SID] /trust NAME    /quit
+Events on standard output, one per line:
+  init SID ok | invite SID FROM | msg SID FROM TEXT | sent SID N | closed SID
+  status ... | error COMMAND REASON | key-changed NAME OLD_FP NEW_FP | trusted NAME FP
+The config directory defaults to $MPCHAT_CONFIG_DIR, $XDG_CONFIG_HOME/mpchat or
+~/.config/mpchat. See mpchat(1).";
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("mpchat: {msg}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run() -> Result<(), Failure> {
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.first().and_then(|a| a.to_str()) == Some("keygen") {
+        args.remove(0);
+        return keygen(args);
+    }
+    let usage = |e: cli::UsageError| Failure::Usage(e.0);
+    let parsed = cli::parse(
+        "mpchat",
+        args,
+        &["--server", "--server-key", "--user", "--password-file", "--config-dir"],
+        &["--help", "--version"],
+    )
+    .map_err(usage)?;
+    let (mut server, mut server_key, mut user, mut password_file, mut config_dir) = (None, None, None, None, None);
+    for arg in parsed {
+        match arg {
+            Arg::Pos(x) => {
+                return Err(Failure::Usage(format!("mpchat: unexpected argument {x:?}; see mpchat --help")))
+            }
+            Arg::Opt(name, value) => {
+                let v = value.unwrap_or_default();
+                match name.as_str() {
+                    "--help" => {
+                        println!("{USAGE}");
+                        return Ok(());
+                    }
+                    "--version" => {
+                        println!("mpchat {}", env!("CARGO_PKG_VERSION"));
+                        return Ok(());
+                    }
+                    "--server" => server = Some(v),
+                    "--server-key" => server_key = Some(PathBuf::from(v)),
+                    "--user" => user = Some(v),
+                    "--password-file" => password_file = Some(PathBuf::from(v)),
+                    _ => config_dir = Some(PathBuf::from(v)),
+                }
+            }
+        }
+    }
+    let missing = |what: &str| Failure::Usage(format!("mpchat: {what} is required; see mpchat --help"));
+    let server = server.ok_or_else(|| missing("--server HOST[:PORT]"))?;
+    let server_key_path = server_key.ok_or_else(|| missing("--server-key FILE"))?;
+    let user = user.ok_or_else(|| missing("--user NAME"))?;
+    if !mpchat::accounts::valid_username(&user) {
+        return Err(Failure::Usage(format!(
+            "mpchat: invalid user name {user:?}: use 1-32 characters of a-z 0-9 . _ -, starting with a letter or digit"
+        )));
+    }
+    let server_key = crypto::read_public_key(&server_key_path).map_err(|e| {
+        Failure::Runtime(format!(
+            "cannot use the server key {}: {e}; ask the server's operator for server.pub",
+            server_key_path.display()
+        ))
+    })?;
+    let config_dir = config_dir.unwrap_or_else(pins::default_config_dir);
+    let password = match password_file {
+        Some(p) => client::read_password_file(&p).map_err(|e| Failure::Runtime(e.0))?,
+        None => cli::prompt_password(&format!("Password for {user}: ")).map_err(|e| {
+            Failure::Runtime(format!("cannot prompt for a password ({e}); use --password-file FILE"))
+        })?,
+    };
+    let config = Config { server: client::with_default_port(&server), server_key, user, config_dir };
+    let stdin = io::BufReader::new(io::stdin());
+    client::run(config, &password, stdin, io::stdout()).map_err(|e| Failure::Runtime(e.0))
+}
+
+fn keygen(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
+    let p = "mpchat keygen";
+    let mut config_dir = None;
+    let mut bits = pins::DEFAULT_KEY_BITS;
+    for arg in cli::parse(p, args, &["--config-dir", "--bits"], &["--help"]).map_err(|e| Failure::Usage(e.0))? {
+        match arg {
+            Arg::Opt(name, v) if name == "--config-dir" => config_dir = v.map(PathBuf::from),
+            Arg::Opt(name, v) if name == "--bits" => {
+                bits = cli::number(p, &name, &v.unwrap_or_default()).map_err(|e| Failure::Usage(e.0))?;
+                if !(crypto::MIN_USER_KEY_BITS..=crypto::MAX_USER_KEY_BITS).contains(&bits) {
+                    return Err(Failure::Usage(format!("{p}: --bits must be between 2048 and 4096")));
+                }
+            }
+            Arg::Opt(..) => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            Arg::Pos(x) => return Err(Failure::Usage(format!("{p}: unexpected argument {x:?}; see mpchat --help"))),
+        }
+    }
+    let dir = config_dir.unwrap_or_else(pins::default_config_dir);
+    let (public, path) = pins::keygen(&dir, bits).map_err(|e| Failure::Runtime(e.to_string()))?;
+    println!("wrote {} ({bits} bits)", path.display());
+    println!("fingerprint {}", public.fingerprint());
+    Ok(())
+}

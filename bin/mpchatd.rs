@@ -172,7 +172,7 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     let rt = |e: accounts::AdminError| Failure::Runtime(e.to_string());
     let password = || -> Result<String, Failure> {
         let r = if password_stdin {
-            cli::read_password_line(&mut io::stdin().lock())
+            accounts::read_password_line(io::stdin().lock())
         } else {
             cli::prompt_password("Password: ")
         };

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::time::Duration;
 
 /// Exit status for a usage mistake.
@@ -94,22 +94,6 @@ pub fn seconds(program: &str, name: &str, value: &str) -> Result<Duration, Usage
     number::<u64>(program, name, value).map(Duration::from_secs)
 }
 
-/// Reads one line (the password) from `r`, stripping the newline; refuses an empty one.
-pub fn read_password_line(r: &mut impl BufRead) -> io::Result<String> {
-    let mut line = String::new();
-    r.take(crate::login::MAX_PASSWORD_LEN as u64 + 2).read_line(&mut line)?;
-    let pw = line.strip_suffix('\n').unwrap_or(&line);
-    let pw = pw.strip_suffix('\r').unwrap_or(pw).to_string();
-    line.clear();
-    if pw.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty password"));
-    }
-    if pw.len() > crate::login::MAX_PASSWORD_LEN || pw.contains('\n') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "password too long"));
-    }
-    Ok(pw)
-}
-
 /// Prompts on the terminal and reads a password with echo turned off (through
 /// `stty`, so no terminal code of our own is needed). Fails if there is no terminal.
 pub fn prompt_password(prompt: &str) -> io::Result<String> {
@@ -128,7 +112,7 @@ pub fn prompt_password(prompt: &str) -> io::Result<String> {
     write!(out, "{prompt}")?;
     out.flush()?;
     stty("-echo")?;
-    let result = read_password_line(&mut io::BufReader::new(tty.try_clone()?));
+    let result = crate::accounts::read_password_line(io::BufReader::new(tty.try_clone()?));
     let _ = stty("echo");
     let _ = writeln!(out);
     result
@@ -162,13 +146,5 @@ mod tests {
         assert!(parse("p", args(&["-x"]), &[], &[]).unwrap_err().0.contains("unknown option -x"));
         assert!(parse("p", args(&["--a"]), &["--a"], &[]).unwrap_err().0.contains("needs a value"));
         assert!(parse("p", args(&["--c=1"]), &[], &["--c"]).unwrap_err().0.contains("takes no value"));
-    }
-
-    #[test]
-    fn password_lines_lose_their_newline() {
-        assert_eq!(read_password_line(&mut &b"secret\n"[..]).unwrap(), "secret");
-        assert_eq!(read_password_line(&mut &b"secret\r\nmore"[..]).unwrap(), "secret");
-        assert!(read_password_line(&mut &b"\n"[..]).is_err());
-        assert!(read_password_line(&mut &b""[..]).is_err());
     }
 }

@@ -190,7 +190,7 @@ fn spawn_stdin(input: impl BufRead + Send + 'static, tx: mpsc::Sender<Event>) {
         let mut input = input;
         loop {
             let mut line = String::new();
-            match (&mut input).take(MAX_LINE_LEN as u64).read_line(&mut line) {
+            match io::Read::take(&mut input, MAX_LINE_LEN as u64).read_line(&mut line) {
                 Ok(0) | Err(_) => {
                     let _ = tx.send(Event::Eof);
                     return;
@@ -220,7 +220,6 @@ struct Member {
 #[derive(Debug, Clone, Default)]
 struct SessionView {
     creator: String,
-    live: bool,
     members: Vec<Member>,
 }
 
@@ -229,7 +228,7 @@ fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
     let body = payload.strip_prefix("OK\n")?;
     let mut lines = body.lines();
     let (state, creator) = lines.next()?.split_once(' ')?;
-    let mut view = SessionView { creator: creator.to_string(), live: state == "live", members: Vec::new() };
+    let mut view = SessionView { creator: creator.to_string(), members: Vec::new() };
     let mut raw = vec![format!("{state} {creator}")];
     for line in lines {
         let f: Vec<&str> = line.split(' ').collect();
@@ -488,7 +487,8 @@ impl<W: Write> Client<W> {
                 continue;
             };
             let mut keys = Vec::new();
-            for member in view.members.iter().filter(|p| p.answer == "accepted" && p.uid != self.uid) {
+            let me = self.uid;
+            for member in view.members.iter().filter(|p| p.answer == "accepted" && p.uid != me) {
                 if let Some(key) = member.key.as_deref().and_then(|k| self.usable_key(&member.name, k)) {
                     keys.push((member.uid, key));
                 }
@@ -808,7 +808,7 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
 pub fn read_password_file(path: &Path) -> Result<String, ClientError> {
     let f = std::fs::File::open(path)
         .map_err(|e| ClientError(format!("cannot read the password file {}: {e}", path.display())))?;
-    crate::cli::read_password_line(&mut io::BufReader::new(f))
+    crate::accounts::read_password_line(io::BufReader::new(f))
         .map_err(|e| ClientError(format!("cannot read a password from {}: {e}", path.display())))
 }
 
@@ -840,7 +840,6 @@ mod tests {
             "OK\nlive alice\nalice 000000000000000a accepted online 0 KEYA\nbob 000000000000000b invited offline 0\n",
         )
         .unwrap();
-        assert!(view.live);
         assert_eq!(view.creator, "alice");
         assert_eq!(view.members.len(), 2);
         assert_eq!(view.members[0].key.as_deref(), Some("KEYA"));

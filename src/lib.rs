@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod cli;
+pub mod client;
 pub mod crypto;
 pub mod e2e;
 pub mod encoding;
@@ -23,4 +25,5 @@ pub mod login;
 pub mod mtp;
 pub mod pins;
 pub mod registry;
+pub mod server;
 pub mod session;
