@@ -12,7 +12,7 @@ use mpchat::crypto::{self, AeadKey, Direction, RsaPrivate, RsaPublic, X25519Secr
 use mpchat::encoding;
 use mpchat::login::{
     CheckPassword, ClientLogin, Established, ExpectLoginReq, ExpectLoginRes, LoginError,
-    ReplayCache, DEFAULT_LOGIN_WINDOW, MAX_PASSWORD_LEN, REPLAY_CACHE_CAPACITY,
+    ReplayCache, DEFAULT_LOGIN_WINDOW, MAX_PASSWORD_LEN,
 };
 use mpchat::mtp::{self, MsgType, MtpError, ETK_LEN, HEADER_LEN};
 
@@ -763,5 +763,42 @@ fn replay_cache_expires_old_entries_and_refuses_when_full() {
         serve(&b, NOW, &mut full, &accounts()).unwrap_err(),
         LoginError::ReplayCacheFull
     );
-    assert!(REPLAY_CACHE_CAPACITY >= 100_000);
+}
+
+#[test]
+fn server_takes_the_longest_valid_request_and_refuses_anything_longer_unread() {
+    let longest = format!(
+        "{}\n{}\n{}\n{}\n{}",
+        u64::MAX,
+        "a".repeat(32),
+        "p".repeat(MAX_PASSWORD_LEN),
+        encoding::hex(&[7u8; 16]),
+        encoding::hex(&some_share())
+    );
+    let frame = hand_login_req(
+        &[5; 32],
+        &[5; 32],
+        MsgType::LOGIN_REQ,
+        1,
+        0,
+        0,
+        longest.as_bytes(),
+    );
+    let opened = ExpectLoginReq::open(server_key(), &frame).unwrap();
+    assert_eq!(opened.timestamp_ns(), u64::MAX);
+    // One byte more is refused on its length alone, before the RSA decryption.
+    let longer = format!("{longest}0");
+    let frame = hand_login_req(
+        &[5; 32],
+        &[5; 32],
+        MsgType::LOGIN_REQ,
+        1,
+        0,
+        0,
+        longer.as_bytes(),
+    );
+    assert_eq!(
+        ExpectLoginReq::open(server_key(), &frame).unwrap_err(),
+        LoginError::Malformed("longer than any valid login request")
+    );
 }
