@@ -563,6 +563,12 @@ pub fn load_or_create_key_pair(
     }
 }
 
+/// Wipe-on-drop wrappers for secrets held outside this module (passwords, decrypted
+/// login payloads), re-exported so that no other module names `rsa`.
+pub mod zeroize {
+    pub use rsa::pkcs8::der::zeroize::{Zeroize, Zeroizing};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
