@@ -1,0 +1,72 @@
+# mpchat: build, test, run and install.  GNU make.
+#
+#   make              release build of mpchatd and mpchat (cargo build --release --locked)
+#   make test         every cargo test, then the man page lint
+#   make run          the server on 0.0.0.0:5150 with its state in ./state
+#   make install      copy the built binaries and the man pages; never builds
+#   make uninstall    remove what install copied
+#
+# mpchatd goes to SBINDIR, like sshd: it is a daemon and an administrator's tool
+# (mpchatd useradd), not something users run.  mpchat goes to BINDIR.
+#
+# install does not build, so `sudo make install` after `make` leaves no root-owned
+# files in target/.  Stage an install without root with `make install DESTDIR=/tmp/stage`.
+
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+DESTDIR ?=
+
+CARGO   ?= cargo
+INSTALL ?= install
+
+# Where cargo puts release binaries; follows CARGO_TARGET_DIR when it is set.
+RELEASE_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)/release
+
+# make run: the state directory inside the checkout (ignored by git) and the address.
+RUN_STATE_DIR ?= $(CURDIR)/state
+RUN_LISTEN    ?= 0.0.0.0:5150
+
+MAN8 = man/mpchatd.8
+MAN1 = man/mpchat.1
+MAN7 = man/mpchat-protocol.7
+
+.PHONY: all test run install uninstall clean lint-man
+
+all:
+	$(CARGO) build --release --locked
+
+test:
+	$(CARGO) test --locked
+	@$(MAKE) --no-print-directory lint-man
+
+run:
+	$(CARGO) run --release --locked --bin mpchatd -- --state-dir '$(RUN_STATE_DIR)' --listen $(RUN_LISTEN)
+
+lint-man:
+	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7)
+
+install:
+	@for f in '$(RELEASE_DIR)/mpchatd' '$(RELEASE_DIR)/mpchat'; do \
+		if [ ! -x "$$f" ]; then \
+			echo "make install: $$f is missing: run make first (as yourself, not as root), then make install" >&2; \
+			exit 1; \
+		fi; \
+	done
+	$(INSTALL) -d -m 755 '$(DESTDIR)$(SBINDIR)' '$(DESTDIR)$(BINDIR)'
+	$(INSTALL) -d -m 755 '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man1' '$(DESTDIR)$(MANDIR)/man7'
+	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchatd' '$(DESTDIR)$(SBINDIR)/mpchatd'
+	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchat' '$(DESTDIR)$(BINDIR)/mpchat'
+	$(INSTALL) -m 644 $(MAN8) '$(DESTDIR)$(MANDIR)/man8/mpchatd.8'
+	$(INSTALL) -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/mpchat.1'
+	$(INSTALL) -m 644 $(MAN7) '$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
+
+uninstall:
+	rm -f '$(DESTDIR)$(SBINDIR)/mpchatd' '$(DESTDIR)$(BINDIR)/mpchat'
+	rm -f '$(DESTDIR)$(MANDIR)/man8/mpchatd.8' '$(DESTDIR)$(MANDIR)/man1/mpchat.1' \
+		'$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
+
+# Leaves ./state alone: it holds the accounts and the server key of `make run`.
+clean:
+	$(CARGO) clean
