@@ -110,6 +110,9 @@ pub struct Session {
     pub messages: VecDeque<Stored>,
     /// Envelope bytes in `messages`.
     pub backlog_bytes: usize,
+    /// Messages up to this number are durable and may be delivered. Not itself
+    /// stored: after a restart everything recovered is durable.
+    pub durable_n: u64,
 }
 
 impl Session {
@@ -138,7 +141,12 @@ impl Session {
         // Stored messages have consecutive numbers (they are added in order and
         // forgotten from the front), so the start is found by arithmetic, not a scan.
         let skip = self.messages.front().map_or(0, |m| after.saturating_sub(m.n - 1) as usize);
-        self.messages.iter().skip(skip).filter(move |m| m.n > after && m.author != uid)
+        let durable = self.durable_n;
+        self.messages
+            .iter()
+            .skip(skip)
+            .take_while(move |m| m.n <= durable)
+            .filter(move |m| m.n > after && m.author != uid)
     }
 
     /// Drops messages every recipient has acknowledged. A message's recipients are the
@@ -380,6 +388,38 @@ impl Sessions {
         &self.limits
     }
 
+    /// Rebuilds a store from sessions and closed sids (a snapshot). Every message is
+    /// taken as durable.
+    pub fn from_parts(limits: Limits, sessions: Vec<Session>, closed: impl IntoIterator<Item = u64>) -> Self {
+        let mut this = Sessions::new(limits);
+        this.closed.extend(closed);
+        for mut s in sessions {
+            s.durable_n = s.last_n;
+            for p in &s.participants {
+                if p.answer != Answer::Declined {
+                    this.by_user.entry(p.uid).or_default().insert(s.sid);
+                }
+            }
+            this.sessions.insert(s.sid, s);
+        }
+        this
+    }
+
+    /// Marks messages of `sid` up to `n` durable (deliverable).
+    pub fn mark_durable(&mut self, sid: u64, n: u64) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.durable_n = s.durable_n.max(n.min(s.last_n));
+        }
+    }
+
+    /// Marks every message of every session durable (when there is no journal, or
+    /// after recovery).
+    pub fn mark_all_durable(&mut self) {
+        for s in self.sessions.values_mut() {
+            s.durable_n = s.last_n;
+        }
+    }
+
     /// A session by id.
     pub fn get(&self, sid: u64) -> Option<&Session> {
         self.sessions.get(&sid)
@@ -548,6 +588,7 @@ impl Sessions {
                         last_n: 0,
                         messages: VecDeque::new(),
                         backlog_bytes: 0,
+                        durable_n: 0,
                     },
                 );
                 true
@@ -604,7 +645,10 @@ impl Sessions {
                 true
             }
             Record::Close { sid } => {
-                let Some(s) = self.sessions.remove(sid) else { return false };
+                let Some(s) = self.sessions.remove(sid) else {
+                    // A snapshot carries closed sids as Close records of their own.
+                    return self.closed.insert(*sid);
+                };
                 for p in &s.participants {
                     if let Some(set) = self.by_user.get_mut(&p.uid) {
                         set.remove(sid);
@@ -662,6 +706,7 @@ mod tests {
         let rec = s.plan_message(SID, author, body).unwrap();
         let Record::Message { n, .. } = rec else { panic!("not a message record") };
         assert!(s.apply(&rec));
+        s.mark_durable(SID, n);
         n
     }
 
@@ -725,6 +770,21 @@ mod tests {
         let sess = s.get(SID).unwrap();
         assert_eq!(sess.participant(C).unwrap().acked, 2);
         assert_eq!(sess.messages_after(C, 2).count(), 0);
+        assert_eq!(sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn only_durable_messages_are_offered_for_delivery() {
+        let mut s = with_session();
+        s.apply(&Record::Live { sid: SID });
+        accept(&mut s, B);
+        send(&mut s, A, b"one");
+        let rec = s.plan_message(SID, A, b"two").unwrap();
+        s.apply(&rec);
+        let sess = s.get(SID).unwrap();
+        assert_eq!(sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(), vec![1]);
+        s.mark_durable(SID, 2);
+        let sess = s.get(SID).unwrap();
         assert_eq!(sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(), vec![1, 2]);
     }
 
@@ -803,6 +863,7 @@ mod tests {
         assert_eq!(s.list_payload(A), "OK\n");
         let again = Record::Create { sid: SID, creator: named(A), creator_key: "K".into(), invitees: vec![named(B)] };
         assert!(!s.apply(&again), "a closed sid is never reused");
+        assert!(!s.apply(&Record::Close { sid: SID }), "closing twice changes nothing");
     }
 
     #[test]
