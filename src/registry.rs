@@ -111,6 +111,9 @@ impl Registry {
     fn commit(&mut self, rec: Record) {
         let ok = self.sessions.apply(&rec);
         debug_assert!(ok, "planned records always apply: {rec:?}");
+        if let Record::Message { sid, n, .. } = &rec {
+            self.sessions.mark_durable(*sid, *n);
+        }
         self.applied.push(rec);
     }
 

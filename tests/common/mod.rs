@@ -1,0 +1,362 @@
+//! Test harness: the real `mpchatd` on 127.0.0.1 port 0 in a temporary state
+//! directory, real `mpchat` processes driven through pipes like netcat, and a raw
+//! protocol client built from the library for frame-level tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mpchat::crypto::RsaPublic;
+use mpchat::login::{ClientLogin, Established};
+use mpchat::mtp::{self, Header, MsgType};
+
+/// PBKDF2 iterations for test accounts: low, so logins are cheap in tests.
+pub const TEST_ITERATIONS: u32 = 1_000;
+/// How long any single expectation may wait before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::env::temp_dir().join(format!("mpchat-test-{tag}-{}-{n}-{t}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Collects a child's output lines into a channel and a shared transcript.
+fn pump(out: impl Read + Send + 'static, transcript: Arc<Mutex<Vec<String>>>) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            transcript.lock().unwrap().push(line.clone());
+            if tx.send(line).is_err() {
+                // Nobody listens any more; keep draining so the child never blocks.
+            }
+        }
+    });
+    rx
+}
+
+/// A running `mpchatd`.
+pub struct Server {
+    child: Child,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The state directory.
+    pub state: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts a server in a new state directory with extra `args`.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_in(&temp_dir("state"), args)
+    }
+
+    /// Starts a server on `state` with extra `args`.
+    pub fn start_in(state: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mpchatd"))
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mpchatd");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let _stderr = pump(child.stderr.take().unwrap(), log.clone());
+        let stdout = pump(child.stdout.take().unwrap(), Arc::new(Mutex::new(Vec::new())));
+        let line = stdout.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            panic!("mpchatd did not say where it listens; log: {:?}", log.lock().unwrap())
+        });
+        let addr = line.strip_prefix("listening on ").expect("listening line").parse().unwrap();
+        Server { child, addr, state: state.to_path_buf(), log }
+    }
+
+    /// Adds an account with a low iteration count; returns its uid.
+    pub fn add_user(&self, name: &str, password: &str) -> u64 {
+        mpchat::accounts::add_user(&self.state, name, password, TEST_ITERATIONS).unwrap()
+    }
+
+    /// The server's public key file.
+    pub fn server_pub(&self) -> PathBuf {
+        self.state.join("server.pub")
+    }
+
+    /// The server's public key.
+    pub fn public_key(&self) -> RsaPublic {
+        mpchat::crypto::read_public_key(&self.server_pub()).unwrap()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A user for client processes: name, password file and config directory with a key.
+#[derive(Clone)]
+pub struct User {
+    pub name: String,
+    pub uid: u64,
+    pub password_file: PathBuf,
+    pub config_dir: PathBuf,
+}
+
+/// Creates accounts and end-to-end keys for `names` (keys made in parallel).
+pub fn users(server: &Server, names: &[&str]) -> Vec<User> {
+    let base = temp_dir("users");
+    let made: Vec<User> = names
+        .iter()
+        .map(|name| {
+            let password = format!("pw-{name}-secret");
+            let uid = server.add_user(name, &password);
+            let password_file = base.join(format!("{name}.pw"));
+            std::fs::write(&password_file, format!("{password}\n")).unwrap();
+            User { name: name.to_string(), uid, password_file, config_dir: base.join(format!("cfg-{name}")) }
+        })
+        .collect();
+    let chunks: Vec<Vec<PathBuf>> = {
+        let dirs: Vec<PathBuf> = made.iter().map(|u| u.config_dir.clone()).collect();
+        let n = dirs.len().div_ceil(2).max(1);
+        dirs.chunks(n).map(|c| c.to_vec()).collect()
+    };
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            std::thread::spawn(move || {
+                for dir in chunk {
+                    mpchat::pins::keygen(&dir, 2048).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    made
+}
+
+/// A running `mpchat`, driven through its stdin and stdout.
+pub struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    transcript: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Client {
+    /// Starts `mpchat` for `user` against `server`.
+    pub fn start(server: &Server, user: &User) -> Client {
+        Client::start_at(&server.addr.to_string(), &server.server_pub(), user)
+    }
+
+    /// Starts `mpchat` for `user` against an address and server key.
+    pub fn start_at(addr: &str, server_pub: &Path, user: &User) -> Client {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mpchat"))
+            .args(["--server", addr, "--user", &user.name])
+            .arg("--server-key")
+            .arg(server_pub)
+            .arg("--password-file")
+            .arg(&user.password_file)
+            .arg("--config-dir")
+            .arg(&user.config_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mpchat");
+        let transcript = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = pump(child.stdout.take().unwrap(), transcript.clone());
+        let _ = pump(child.stderr.take().unwrap(), stderr.clone());
+        Client { stdin: child.stdin.take(), child, lines, transcript, stderr, name: user.name.clone() }
+    }
+
+    /// Writes one command line.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the next line for which `pred` holds; other lines are skipped (they
+    /// stay in the transcript).
+    pub fn expect_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: no line {what} within {WAIT:?}\ntranscript: {:#?}\nstderr: {:#?}",
+                    self.name,
+                    self.transcript.lock().unwrap(),
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        self.expect_where(&format!("starting {prefix:?}"), |l| l.starts_with(prefix))
+    }
+
+    /// Every line printed so far.
+    pub fn transcript(&self) -> Vec<String> {
+        self.transcript.lock().unwrap().clone()
+    }
+
+    /// Closes stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Closes stdin and waits for the process to exit (at most [`WAIT`]).
+    pub fn finish(mut self) -> (ExitStatus, Vec<String>) {
+        self.close_stdin();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the pump thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return (status, self.transcript());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit at end of input; transcript: {:#?}", self.name, self.transcript());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the client with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The session id in an `init SID ok` or `invite SID FROM` line.
+pub fn sid_of(line: &str) -> String {
+    line.split(' ').nth(1).expect("a sid").to_string()
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// A protocol-level client built from the library, for frame-level tests.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub sender: mtp::Sender,
+    pub receiver: mtp::Receiver,
+    pub uid: u64,
+}
+
+impl Raw {
+    /// Connects and logs in.
+    pub fn login(server: &Server, user: &str, password: &str) -> Raw {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        let (frame, expect) = ClientLogin::start(&server.public_key(), user, password, now_ns()).unwrap();
+        stream.write_all(&frame).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let reply = mtp::read_frame(&mut stream).expect("login_res");
+        let Established { uid, sender, receiver } = expect.finish(&reply).unwrap();
+        Raw { stream, sender, receiver, uid }
+    }
+
+    /// Seals and sends one frame with this user's uid in the header.
+    pub fn send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) {
+        let frame = self.sender.seal(typ, sid, self.uid, payload).unwrap();
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    /// Receives and opens the next frame.
+    pub fn recv(&mut self) -> (Header, Vec<u8>) {
+        let frame = mtp::read_frame(&mut self.stream).expect("a frame");
+        self.receiver.open(&frame).expect("a valid frame")
+    }
+
+    /// Receives frames until one of type `typ` arrives.
+    pub fn recv_type(&mut self, typ: MsgType) -> (Header, Vec<u8>) {
+        loop {
+            let (h, p) = self.recv();
+            if h.typ == typ {
+                return (h, p);
+            }
+        }
+    }
+
+    /// Whether the server has closed this connection (reads until EOF or error,
+    /// answering nothing, within `within`).
+    pub fn is_closed_within(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Reads from a raw socket until the peer closes it; true if closed within `within`.
+pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
