@@ -320,6 +320,8 @@ struct Client<W: Write> {
     incoming: Vec<IncomingMsg>,
     /// key-changed lines already shown, by (name, new fingerprint).
     warned: HashSet<(String, String)>,
+    /// Held messages already announced, by (sid, n).
+    held: HashSet<(u64, u64)>,
 }
 
 impl<W: Write> Client<W> {
@@ -458,18 +460,24 @@ impl<W: Write> Client<W> {
 
     /// The key of `name` if it may be used: pinned on first use, refused while changed.
     fn usable_key(&mut self, name: &str, key_b64: &str) -> Option<RsaPublic> {
-        let key = RsaPublic::from_base64(key_b64).ok()?;
+        self.check_key(name, key_b64).ok()
+    }
+
+    /// Checks `name`'s key against its pin. `Err(true)` means the key changed and waits
+    /// for `/trust`; `Err(false)` that it is unusable (invalid, or the pin file failed).
+    fn check_key(&mut self, name: &str, key_b64: &str) -> Result<RsaPublic, bool> {
+        let key = RsaPublic::from_base64(key_b64).map_err(|_| false)?;
         match self.pins.check(name, &key) {
-            Ok(PinStatus::New) | Ok(PinStatus::Match) => Some(key),
+            Ok(PinStatus::New) | Ok(PinStatus::Match) => Ok(key),
             Ok(PinStatus::Changed { old_fingerprint, new_fingerprint }) => {
                 if self.warned.insert((name.to_string(), new_fingerprint.clone())) {
                     self.emit(&format!("key-changed {} {} {}", escape(name), old_fingerprint, new_fingerprint));
                 }
-                None
+                Err(true)
             }
             Err(e) => {
                 self.emit(&format!("error key {}", escape(&e.to_string())));
-                None
+                Err(false)
             }
         }
     }
@@ -511,30 +519,54 @@ impl<W: Write> Client<W> {
         }
     }
 
-    /// Opens every queued incoming message whose author's key is known.
+    /// Opens queued incoming messages in `n` order per session. A message whose
+    /// author's key changed is held, unacknowledged, with everything after it in that
+    /// session, until `/trust`: acknowledgements are cumulative, so acknowledging a
+    /// later message would let the server forget the held one.
     fn flush_incoming(&mut self) {
         let queued = std::mem::take(&mut self.incoming);
+        let mut blocked = HashSet::new();
         for m in queued {
+            if blocked.contains(&m.sid) {
+                self.incoming.push(m);
+                continue;
+            }
             let author = self.sessions.get(&m.sid).and_then(|s| s.members.iter().find(|p| p.uid == m.author)).cloned();
-            match author {
-                Some(a) => self.open_message(m, &a),
-                None if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 => self.incoming.push(m),
-                None => {
-                    self.emit(&format!("error msg {} message from an unknown author", encoding::id_hex(m.sid)));
+            let sid_hex = encoding::id_hex(m.sid);
+            let Some(author) = author else {
+                if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
+                    blocked.insert(m.sid);
+                    self.incoming.push(m);
+                } else {
+                    self.emit(&format!("error msg {sid_hex} message from an unknown author"));
+                    self.done_with(m.sid, m.n);
+                }
+                continue;
+            };
+            match author.key.as_deref().map(|k| self.check_key(&author.name, k)) {
+                Some(Ok(key)) => self.open_message(m, &author, &key),
+                Some(Err(true)) => {
+                    if self.held.insert((m.sid, m.n)) {
+                        self.emit(&format!(
+                            "error msg {sid_hex} message from {} held until /trust {}",
+                            escape(&author.name),
+                            escape(&author.name)
+                        ));
+                    }
+                    blocked.insert(m.sid);
+                    self.incoming.push(m);
+                }
+                _ => {
+                    self.emit(&format!("error msg {sid_hex} no usable key for {}", escape(&author.name)));
                     self.done_with(m.sid, m.n);
                 }
             }
         }
     }
 
-    fn open_message(&mut self, m: IncomingMsg, author: &Member) {
+    fn open_message(&mut self, m: IncomingMsg, author: &Member, key: &RsaPublic) {
         let sid_hex = encoding::id_hex(m.sid);
-        let Some(key) = author.key.as_deref().and_then(|k| self.usable_key(&author.name, k)) else {
-            self.emit(&format!("error msg {sid_hex} no trusted key for {}", escape(&author.name)));
-            self.done_with(m.sid, m.n);
-            return;
-        };
-        match e2e::open(m.sid, m.author, &key, self.uid, &self.my_key, &m.envelope) {
+        match e2e::open(m.sid, m.author, key, self.uid, &self.my_key, &m.envelope) {
             Ok(opened) => {
                 if self.guard.check_and_record(m.sid, m.author, opened.msg_id) {
                     self.emit(&format!("msg {sid_hex} {} {}", escape(&author.name), escape(&opened.text)));
@@ -749,6 +781,7 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
         outgoing: Vec::new(),
         incoming: Vec::new(),
         warned: HashSet::new(),
+        held: HashSet::new(),
     };
     let mut input_done = false;
     let mut backoff = RECONNECT_MIN;
