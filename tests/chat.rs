@@ -67,3 +67,125 @@ fn three_clients_run_a_whole_session_lifecycle() {
         assert!(!log.contains(secret), "the server log holds {secret:?}");
     }
 }
+
+#[test]
+fn an_invitee_offline_at_init_gets_the_invite_at_login_and_can_join() {
+    let server = Server::start(&["--invite-wait", "30"]);
+    let u = users(&server, &["alice", "bob", "carol"]);
+    let mut alice = Client::start(&server, &u[0]);
+    let mut carol = Client::start(&server, &u[2]);
+    for c in [&mut alice, &mut carol] {
+        c.send("/status");
+        c.expect("status none");
+    }
+    alice.send("/init bob carol");
+    let sid = sid_of(&carol.expect("invite "));
+    carol.send(&format!("/accept {sid}"));
+    // bob was offline at creation: init_res does not wait for him.
+    assert_eq!(alice.expect("init "), format!("init {sid} ok"));
+    alice.send(&format!("/msg {sid} before bob"));
+    alice.expect("sent ");
+    assert_eq!(carol.expect("msg "), format!("msg {sid} alice before bob"));
+
+    let mut bob = Client::start(&server, &u[1]);
+    assert_eq!(bob.expect("invite "), format!("invite {sid} alice"));
+    bob.send(&format!("/accept {sid}"));
+    // A late acceptance joins the live session; messages from then on reach bob.
+    bob.send(&format!("/status {sid}"));
+    bob.expect(&format!("status {sid} bob "));
+    alice.send(&format!("/status {sid}"));
+    alice.expect_where("bob accepted", |l| l.starts_with(&format!("status {sid} bob ")) && l.contains(" accepted "));
+    alice.send(&format!("/msg {sid} after bob"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice after bob"));
+    assert_eq!(carol.expect("msg "), format!("msg {sid} alice after bob"));
+    bob.send(&format!("/msg {sid} bob here"));
+    assert_eq!(alice.expect("msg "), format!("msg {sid} bob bob here"));
+    assert_eq!(carol.expect("msg "), format!("msg {sid} bob bob here"));
+    let (_, bob_lines) = bob.finish();
+    assert!(!bob_lines.iter().any(|l| l.contains("before bob")), "{bob_lines:?}");
+}
+
+#[test]
+fn a_killed_client_gets_its_unacknowledged_messages_once_after_restart() {
+    let server = Server::start(&["--invite-wait", "5"]);
+    let u = users(&server, &["alice", "bob"]);
+    let mut alice = Client::start(&server, &u[0]);
+    let mut bob = Client::start(&server, &u[1]);
+    bob.send("/status");
+    bob.expect("status none");
+    alice.send("/init bob");
+    let sid = sid_of(&bob.expect("invite "));
+    bob.send(&format!("/accept {sid}"));
+    alice.expect("init ");
+    alice.send(&format!("/msg {sid} one"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice one"));
+    // Wait until bob's acknowledgement of 1 reached the server, then kill him.
+    let bob_acked = |l: &str| l.starts_with(&format!("status {sid} bob ")) && l.ends_with(" 1");
+    loop {
+        alice.send(&format!("/status {sid}"));
+        let line = alice.expect(&format!("status {sid} bob "));
+        if bob_acked(&line) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bob.kill();
+    for text in ["two", "three"] {
+        alice.send(&format!("/msg {sid} {text}"));
+        alice.expect("sent ");
+    }
+    let mut bob = Client::start(&server, &u[1]);
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice two"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice three"));
+    alice.send(&format!("/msg {sid} four"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice four"));
+    let (status, lines) = bob.finish();
+    assert!(status.success());
+    let shown: Vec<&String> = lines.iter().filter(|l| l.starts_with("msg ")).collect();
+    assert_eq!(shown.len(), 3, "each message exactly once: {lines:?}");
+    // A third start sees nothing again: everything was acknowledged.
+    let mut bob = Client::start(&server, &u[1]);
+    bob.send(&format!("/status {sid}"));
+    bob.expect(&format!("status {sid} bob "));
+    let (_, lines) = bob.finish();
+    assert!(!lines.iter().any(|l| l.starts_with("msg ")), "{lines:?}");
+}
+
+#[test]
+fn every_member_of_a_fifty_member_session_receives_every_message() {
+    let server = Server::start(&["--invite-wait", "30"]);
+    let names: Vec<String> = (0..50).map(|i| format!("u{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let u = users(&server, &refs);
+    let mut clients: Vec<Client> = u.iter().map(|user| Client::start(&server, user)).collect();
+    for c in clients.iter_mut() {
+        c.send("/status");
+        c.expect("status none");
+    }
+    clients[0].send(&format!("/init {}", refs[1..].join(" ")));
+    let mut sid = String::new();
+    for c in clients[1..].iter_mut() {
+        sid = sid_of(&c.expect("invite "));
+        c.send(&format!("/accept {sid}"));
+    }
+    assert_eq!(clients[0].expect("init "), format!("init {sid} ok"));
+    // Everyone must know everyone's key before sending: wait for the full status.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&format!("/status {sid}"));
+        let last = format!("status {sid} {} ", refs[49]);
+        let _ = i;
+        c.expect_where("the last member accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
+    }
+    let senders = [0usize, 17, 49];
+    for &s in &senders {
+        clients[s].send(&format!("/msg {sid} hello from {}", refs[s]));
+        clients[s].expect("sent ");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        for &s in &senders {
+            if s != i {
+                c.expect(&format!("msg {sid} {} hello from {}", refs[s], refs[s]));
+            }
+        }
+    }
+}

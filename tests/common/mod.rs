@@ -172,6 +172,7 @@ pub struct Client {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+    unmatched: std::collections::VecDeque<String>,
     transcript: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     pub name: String,
@@ -202,7 +203,15 @@ impl Client {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = pump(child.stdout.take().unwrap(), transcript.clone());
         let _ = pump(child.stderr.take().unwrap(), stderr.clone());
-        Client { stdin: child.stdin.take(), child, lines, transcript, stderr, name: user.name.clone() }
+        Client {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            unmatched: Default::default(),
+            transcript,
+            stderr,
+            name: user.name.clone(),
+        }
     }
 
     /// Writes one command line.
@@ -212,15 +221,18 @@ impl Client {
         stdin.flush().unwrap();
     }
 
-    /// Waits for the next line for which `pred` holds; other lines are skipped (they
-    /// stay in the transcript).
+    /// Takes the first not yet taken line for which `pred` holds, waiting for it if
+    /// need be; lines that do not match stay available to later expectations.
     pub fn expect_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(i) = self.unmatched.iter().position(|l| pred(l)) {
+            return self.unmatched.remove(i).unwrap_or_default();
+        }
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
+                Ok(line) => self.unmatched.push_back(line),
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
                     "{}: no line {what} within {WAIT:?}\ntranscript: {:#?}\nstderr: {:#?}",
                     self.name,
