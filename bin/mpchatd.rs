@@ -20,7 +20,7 @@ usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
 Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
 /var/lib/mpchat). Limits (defaults in brackets):
   --login-grace SECS        time to finish the login [10]
-  --max-prelogin N          connections still logging in [64]
+  --max-pending-logins N          connections still logging in [64]
   --max-connections N       connections in all [10000]
   --login-window SECS       accepted login clock skew, plus or minus [30]
   --invite-wait SECS        wait for online invitees before init_res [30]
@@ -36,7 +36,7 @@ const SERVE_OPTS: &[&str] = &[
     "--state-dir",
     "--listen",
     "--login-grace",
-    "--max-prelogin",
+    "--max-pending-logins",
     "--max-connections",
     "--login-window",
     "--invite-wait",
@@ -113,7 +113,7 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             "--state-dir" => config.state_dir = PathBuf::from(v),
             "--listen" => config.listen = v.to_string(),
             "--login-grace" => config.login_grace = cli::seconds(p, &name, v)?,
-            "--max-prelogin" => config.max_prelogin = positive(p, &name, v)?,
+            "--max-pending-logins" => config.max_prelogin = positive(p, &name, v)?,
             "--max-connections" => config.max_connections = positive(p, &name, v)?,
             "--login-window" => config.login_window = cli::seconds(p, &name, v)?,
             "--invite-wait" => config.invite_wait = cli::seconds(p, &name, v)?,

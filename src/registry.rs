@@ -52,6 +52,41 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// An outgoing action of a request, carried out once the records the request
+/// produced are durable (at once if it produced none).
+#[derive(Debug)]
+pub enum Effect {
+    /// Queue for whichever connection `uid` has then.
+    Send(u64, Out),
+    /// Queue for the connection a request came on, if it is still there.
+    Reply(Requester, Out),
+    /// Wake `uid`'s writer to pull stored messages.
+    Wake(u64),
+}
+
+/// The reply a request gets instead of its `OK` if its records cannot be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureReply {
+    /// Who asked.
+    pub to: Requester,
+    /// Reply type.
+    pub typ: MsgType,
+    /// Reply sid.
+    pub sid: u64,
+}
+
+/// What one or more requests changed: records to store, in LSN order, and what to do
+/// once they are stored (or, if storing fails, the error replies to send instead).
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Records with their log sequence numbers.
+    pub records: Vec<(u64, Record)>,
+    /// Actions that wait for the records.
+    pub effects: Vec<Effect>,
+    /// Error replies for the case the records are not stored.
+    pub on_failure: Vec<FailureReply>,
+}
+
 /// Who sent a request: the user and the connection it came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester {
@@ -78,14 +113,42 @@ pub struct Registry {
     waiting: HashMap<u64, HashSet<u64>>,
     /// Connections to close once the lock is released.
     doomed: Vec<Conn>,
-    /// Records applied, in order, since the caller last took them (for the journal).
-    applied: Vec<Record>,
+    /// What requests changed since the caller last took it.
+    pending: Pending,
+    /// The next log sequence number.
+    next_lsn: u64,
 }
 
 impl Registry {
     /// A registry over `sessions` with nobody online.
-    pub fn new(sessions: Sessions) -> Self {
-        Registry { sessions, online: HashMap::new(), waiting: HashMap::new(), doomed: Vec::new(), applied: Vec::new() }
+    pub fn new(sessions: Sessions, last_lsn: u64) -> Self {
+        Registry {
+            sessions,
+            online: HashMap::new(),
+            waiting: HashMap::new(),
+            doomed: Vec::new(),
+            pending: Pending::default(),
+            next_lsn: last_lsn + 1,
+        }
+    }
+
+    /// The last log sequence number assigned.
+    pub fn last_lsn(&self) -> u64 {
+        self.next_lsn - 1
+    }
+
+    /// Replaces the session state (after storage failed, with what is on disk) and
+    /// continues numbering after `last_lsn`. Pending invite waits are dropped: those
+    /// sessions go live at once, as after a restart.
+    pub fn reset(&mut self, mut sessions: Sessions, last_lsn: u64) {
+        sessions.mark_all_durable();
+        self.sessions = sessions;
+        self.next_lsn = last_lsn + 1;
+        self.pending = Pending::default();
+        let waiting: Vec<u64> = self.waiting.keys().copied().collect();
+        for sid in waiting {
+            self.go_live(sid);
+        }
     }
 
     /// Whether `uid` has a connection.
@@ -103,22 +166,70 @@ impl Registry {
         std::mem::take(&mut self.doomed)
     }
 
-    /// Records applied since the last call, in order.
-    pub fn take_applied(&mut self) -> Vec<Record> {
-        std::mem::take(&mut self.applied)
+    /// What requests changed since the last call.
+    pub fn take_pending(&mut self) -> Pending {
+        std::mem::take(&mut self.pending)
     }
 
+    /// Marks the messages among `records` deliverable (they are stored).
+    pub fn mark_durable(&mut self, records: &[(u64, Record)]) {
+        for (_, rec) in records {
+            if let Record::Message { sid, n, .. } = rec {
+                self.sessions.mark_durable(*sid, *n);
+            }
+        }
+    }
+
+    /// Carries out effects whose records are stored.
+    pub fn carry_out(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Send(uid, out) => self.try_send(uid, out),
+                Effect::Reply(to, out) => {
+                    if self.online.get(&to.uid).is_some_and(|c| c.id == to.conn) {
+                        self.try_send(to.uid, out);
+                    }
+                }
+                Effect::Wake(uid) => {
+                    let pending = match self.online.get(&uid) {
+                        Some(c) => c.wake_pending.swap(true, Ordering::AcqRel),
+                        None => continue,
+                    };
+                    if !pending {
+                        self.try_send(uid, Out::Wake);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the error replies of requests whose records could not be stored.
+    pub fn fail(&mut self, on_failure: &[FailureReply], reason: &str) {
+        let effects = on_failure
+            .iter()
+            .map(|f| {
+                let payload = format!("error: {reason}").into_bytes();
+                Effect::Reply(f.to, Out::Frame { typ: f.typ, sid: f.sid, uid: 0, payload })
+            })
+            .collect();
+        self.carry_out(effects);
+    }
+
+    /// Applies a record and queues it for storage.
     fn commit(&mut self, rec: Record) {
         let ok = self.sessions.apply(&rec);
         debug_assert!(ok, "planned records always apply: {rec:?}");
-        if let Record::Message { sid, n, .. } = &rec {
-            self.sessions.mark_durable(*sid, *n);
-        }
-        self.applied.push(rec);
+        self.pending.records.push((self.next_lsn, rec));
+        self.next_lsn += 1;
     }
 
-    /// Queues `out` for `uid` if online. A full or dead queue dooms the connection.
+    /// Queues `out` for `uid` once this request's records are stored.
     fn send(&mut self, uid: u64, out: Out) {
+        self.pending.effects.push(Effect::Send(uid, out));
+    }
+
+    /// Queues `out` for `uid` now if online. A full or dead queue dooms the connection.
+    fn try_send(&mut self, uid: u64, out: Out) {
         let Some(conn) = self.online.get(&uid) else { return };
         match conn.tx.try_send(out) {
             Ok(()) => {}
@@ -134,20 +245,17 @@ impl Registry {
     /// Queues a reply for the connection a request came on (dropped if that
     /// connection has since been replaced).
     fn reply(&mut self, to: Requester, typ: MsgType, sid: u64, payload: impl Into<Vec<u8>>) {
-        if self.online.get(&to.uid).is_some_and(|c| c.id == to.conn) {
-            self.send(to.uid, Out::Frame { typ, sid, uid: 0, payload: payload.into() });
-        }
+        self.pending.effects.push(Effect::Reply(to, Out::Frame { typ, sid, uid: 0, payload: payload.into() }));
+    }
+
+    /// Registers the error reply `to` gets if this request's records are not stored.
+    fn on_failure(&mut self, to: Requester, typ: MsgType, sid: u64) {
+        self.pending.on_failure.push(FailureReply { to, typ, sid });
     }
 
     /// Tells `uid`'s writer that stored messages may be waiting.
     pub fn wake(&mut self, uid: u64) {
-        let pending = match self.online.get(&uid) {
-            Some(c) => c.wake_pending.swap(true, Ordering::AcqRel),
-            None => return,
-        };
-        if !pending {
-            self.send(uid, Out::Wake);
-        }
+        self.pending.effects.push(Effect::Wake(uid));
     }
 
     /// Registers a freshly logged-in connection. A previous connection of the same user
@@ -224,6 +332,7 @@ impl Registry {
             }
         };
         self.commit(rec);
+        self.on_failure(from, MsgType::InitRes, 0);
         let online: HashSet<u64> = invitees.iter().map(|(u, _)| *u).filter(|u| self.online.contains_key(u)).collect();
         for uid in &online {
             self.send(*uid, Out::Frame { typ: MsgType::InviteReq, sid, uid: from.uid, payload: Vec::new() });
@@ -267,6 +376,7 @@ impl Registry {
             Ok(rec) => {
                 let Record::Message { n, .. } = rec else { unreachable!("plan_message plans messages") };
                 self.commit(rec);
+                self.on_failure(from, MsgType::MsgRes, sid);
                 self.reply(from, MsgType::MsgRes, sid, format!("OK {n}"));
                 Some(n)
             }
@@ -316,6 +426,7 @@ impl Registry {
             })
             .unwrap_or_default();
         self.commit(rec);
+        self.on_failure(from, MsgType::CloseRes, sid);
         self.waiting.remove(&sid);
         self.reply(from, MsgType::CloseRes, sid, "OK");
         for uid in notify {
@@ -343,9 +454,7 @@ impl Registry {
 
     /// Queues a heartbeat (status_req, sid 0, empty) for `from`.
     pub fn heartbeat(&mut self, from: Requester) {
-        if self.online.get(&from.uid).is_some_and(|c| c.id == from.conn) {
-            self.send(from.uid, Out::Frame { typ: MsgType::StatusReq, sid: 0, uid: 0, payload: Vec::new() });
-        }
+        self.reply(from, MsgType::StatusReq, 0, Vec::new());
     }
 
     /// Stored messages for `uid` in `sid` after `after`, at most `max`, as

@@ -213,6 +213,9 @@ impl Shared {
         let (r, doomed) = {
             let mut reg = lock(&self.registry);
             let r = f(&mut reg);
+            let pending = reg.take_pending();
+            reg.mark_durable(&pending.records);
+            reg.carry_out(pending.effects);
             (r, reg.take_doomed())
         };
         for conn in doomed {
@@ -258,7 +261,7 @@ impl Server {
             users,
             gate: PasswordGate::new(),
             replay: Mutex::new(ReplayCache::new(login::REPLAY_CACHE_CAPACITY)),
-            registry: Mutex::new(Registry::new(sessions)),
+            registry: Mutex::new(Registry::new(sessions, 0)),
             prelogin: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
