@@ -19,17 +19,17 @@ usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
 
 Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
 /var/lib/mpchat). Limits (defaults in brackets):
-  --login-grace SECS        time to finish the login [10]
-  --max-pending-logins N          connections still logging in [64]
-  --max-connections N       connections in all [10000]
-  --login-window SECS       accepted login clock skew, plus or minus [30]
-  --invite-wait SECS        wait for online invitees before init_res [30]
-  --heartbeat SECS          idle time before a heartbeat [60]
-  --heartbeat-timeout SECS  time to answer a heartbeat [30]
-  --queue-len N             frames queued per connection [1024]
-  --max-participants N      per session, creator included [100]
-  --backlog-messages N      unacknowledged messages per session [10000]
-  --backlog-bytes N         unacknowledged envelope bytes per session [67108864]
+  --login-grace SECS          time to finish the login [10]
+  --max-pending-logins N      connections still logging in [64]
+  --max-connections N         connections in all [10000]
+  --login-window SECS         accepted login clock skew, plus or minus [30]
+  --invite-wait SECS          wait for online invitees before init_res [30]
+  --heartbeat SECS            idle time before a heartbeat [60]
+  --heartbeat-timeout SECS    time to answer a heartbeat [30]
+  --queue-len N               frames queued per connection [1024]
+  --max-participants N        per session, creator included [100]
+  --backlog-messages N        unacknowledged messages per session [10000]
+  --backlog-bytes N           unacknowledged envelope bytes per session [67108864]
 See mpchatd(8).";
 
 const SERVE_OPTS: &[&str] = &[

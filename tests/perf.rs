@@ -1,0 +1,123 @@
+//! Figures, not assertions: run by hand with
+//! `cargo test --release --locked --test perf -- --ignored --nocapture --test-threads 1`.
+//! These machines are shared and noisy, so nothing here is asserted as a timing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use mpchat::accounts::PasswordHash;
+use mpchat::crypto::{AeadKey, Direction, RsaPrivate};
+use mpchat::login::{ClientLogin, ExpectLoginReq, ReplayCache, DEFAULT_LOGIN_WINDOW};
+use mpchat::mtp::{MsgType, Receiver, Sender};
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn frame_seal_and_open_rate_at_1_kib() {
+    let payload = vec![0x5a; 1024];
+    let mut s = Sender::new(AeadKey::new([1; 32]), Direction::ClientToServer, 1);
+    let mut r = Receiver::new(AeadKey::new([1; 32]), Direction::ClientToServer, 0);
+    let n = 200_000;
+    let t = Instant::now();
+    let frames: Vec<Vec<u8>> = (0..n).map(|_| s.seal(MsgType::MsgReq, 1, 2, &payload).unwrap()).collect();
+    let seal = t.elapsed();
+    let t = Instant::now();
+    for f in &frames {
+        r.open(f).unwrap();
+    }
+    let open = t.elapsed();
+    println!(
+        "1 KiB frames: seal {:.0}/s ({:.0} MiB/s), open {:.0}/s ({:.0} MiB/s)",
+        n as f64 / seal.as_secs_f64(),
+        n as f64 / seal.as_secs_f64() / 1024.0,
+        n as f64 / open.as_secs_f64(),
+        n as f64 / open.as_secs_f64() / 1024.0
+    );
+}
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn login_server_side_cost() {
+    let key = RsaPrivate::generate(2048).unwrap();
+    let public = key.public();
+    for iterations in [1_000u32, 600_000] {
+        let hash = PasswordHash::new("correct horse", iterations).unwrap();
+        let mut cache = ReplayCache::new(1_000_000);
+        let rounds = if iterations > 100_000 { 10 } else { 200 };
+        let (mut rsa, mut kdf, mut total) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (frame, _) = ClientLogin::start(&public, "alice", "correct horse", now_ns()).unwrap();
+            let t0 = Instant::now();
+            let opened = ExpectLoginReq::open(&key, &frame).unwrap();
+            let check = opened.check_fresh(now_ns(), DEFAULT_LOGIN_WINDOW, &mut cache).unwrap();
+            let t1 = Instant::now();
+            assert!(hash.verify(check.password()));
+            let t2 = Instant::now();
+            let _ = check.accept(7).unwrap();
+            let t3 = Instant::now();
+            rsa.push(t1 - t0);
+            kdf.push(t2 - t1);
+            total.push(t3 - t0);
+        }
+        println!(
+            "login at {iterations} iterations: median total {:?} (open incl. RSA-OAEP {:?}, PBKDF2 {:?}); {:.1} logins/s per core",
+            median(&mut total),
+            median(&mut rsa),
+            median(&mut kdf),
+            1.0 / median(&mut total).as_secs_f64()
+        );
+    }
+}
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn msg_to_recipient_latency_in_a_ten_member_session() {
+    use common::{sid_of, users, Client, Server};
+    let server = Server::start(&["--invite-wait", "30"]);
+    let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let u = users(&server, &refs);
+    let mut clients: Vec<Client> = u.iter().map(|user| Client::start(&server, user)).collect();
+    for c in clients.iter_mut() {
+        c.send("/status");
+        c.expect("status none");
+    }
+    clients[0].send(&format!("/init {}", refs[1..].join(" ")));
+    let mut sid = String::new();
+    for c in clients[1..].iter_mut() {
+        sid = sid_of(&c.expect("invite "));
+        c.send(&format!("/accept {sid}"));
+    }
+    clients[0].expect("init ");
+    for c in clients.iter_mut() {
+        c.send(&format!("/status {sid}"));
+        let last = format!("status {sid} m9 ");
+        c.expect_where("all accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
+    }
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        clients[0].send(&format!("/msg {sid} ping {i}"));
+        clients[5].expect(&format!("msg {sid} m0 ping {i}"));
+        lat.push(t.elapsed());
+    }
+    println!(
+        "/msg to msg line, 10 members, 200 messages: median {:?}, p99 {:?}",
+        median(&mut lat),
+        pct(&mut lat, 0.99)
+    );
+}
