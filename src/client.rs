@@ -224,6 +224,11 @@ struct SessionView {
 }
 
 /// Parses a session status payload `OK\n<pending|live> <creator>\n<participant lines>`.
+/// Public for the fuzzer; the result's shape is private to the client.
+pub fn check_session_status(payload: &str) -> bool {
+    parse_session_status(payload).is_some()
+}
+
 fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
     let body = payload.strip_prefix("OK\n")?;
     let mut lines = body.lines();

@@ -423,6 +423,12 @@ impl ExpectLoginReq {
     }
 }
 
+/// Applies the login_req payload checks of [`ExpectLoginReq::open`] to a payload on
+/// its own, without the frame and its cryptography (for the fuzzer).
+pub fn check_request_payload(payload: &[u8]) -> Result<(), LoginError> {
+    OpenedLogin::parse(AeadKey::new([0; TK_LEN]), payload).map(drop)
+}
+
 /// A login request that authenticated under its `tk` and parsed, not yet checked for
 /// freshness. Holds the password (wiped on drop).
 pub struct OpenedLogin {

@@ -1,0 +1,426 @@
+//! A seeded, reproducible mutation fuzzer over every parser that sees untrusted bytes.
+//!
+//! Each case takes a valid seed input of one target, mutates it (bit flips, random
+//! bytes, insertions, deletions, duplications, truncations, interesting values,
+//! splices of other seeds) and runs the target's parser. A case passes when the parser
+//! returns (accepting or refusing) without panicking and without any single allocation
+//! larger than the target's bound. A failing input is written to
+//! `tests/fuzz-regressions/<target>-<hash>.bin` and replayed first by every later run.
+//!
+//! `make test` runs a quick sample; `make fuzz` sets `MPCHAT_FUZZ_CASES=1000000`.
+//! `MPCHAT_FUZZ_SEED` picks another deterministic sequence.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use mpchat::crypto::{self, AeadKey, Direction, RsaPrivate};
+use mpchat::mtp::{self, MsgType, Receiver, Sender};
+use mpchat::{accounts, client, e2e, encoding, login, session};
+
+/// Counts the largest single allocation made by this thread while armed.
+struct Counting;
+
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn note(size: usize) {
+    let _ = ARMED.try_with(|a| {
+        if a.get() {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+    });
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// xorshift64*: small, fast and reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const INTERESTING: &[&[u8]] = &[
+    b"\n", b"\n\n", b"\0", b"\xff", b" ", b"0", b"00", b"-1", b"18446744073709551615", b"99999999999999999999",
+    b"OK", b"OK ", b"error: ", b"Accept\n", b"Deny", b"$", b"=", b"\xc3", b"\xed\xa0\x80", b"\x7f", b"\x1b[2J",
+];
+
+fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(seed);
+    for _ in 0..1 + rng.below(4) {
+        let len = out.len();
+        match rng.below(9) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                out[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                out[i] = rng.next() as u8;
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                let n = 1 + rng.below(16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                out.splice(i..i, bytes);
+            }
+            3 if len > 0 => {
+                let i = rng.below(len);
+                let j = (i + 1 + rng.below(32)).min(len);
+                out.drain(i..j);
+            }
+            4 if len > 0 => {
+                let i = rng.below(len);
+                let j = (i + 1 + rng.below(64)).min(len);
+                let chunk = out[i..j].to_vec();
+                let at = rng.below(len + 1);
+                out.splice(at..at, chunk);
+            }
+            5 => out.truncate(rng.below(len + 1)),
+            6 => {
+                let v = INTERESTING[rng.below(INTERESTING.len())];
+                let i = rng.below(len + 1);
+                if rng.below(2) == 0 && i + v.len() <= len {
+                    out[i..i + v.len()].copy_from_slice(v);
+                } else {
+                    out.splice(i..i, v.iter().copied());
+                }
+            }
+            7 if !other.is_empty() => {
+                let i = rng.below(other.len());
+                let j = (i + 1 + rng.below(64)).min(other.len());
+                let at = rng.below(len + 1);
+                out.splice(at..at, other[i..j].iter().copied());
+            }
+            _ if len >= 2 => {
+                // Big-endian length-like fields: set two bytes to an extreme.
+                let i = rng.below(len - 1);
+                let v: u16 = [0, 1, 0x7fff, 0xffff, len as u16][rng.below(5)];
+                out[i..i + 2].copy_from_slice(&v.to_be_bytes());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One thing to fuzz.
+struct Target {
+    name: &'static str,
+    /// Relative share of the cases.
+    weight: usize,
+    /// The largest single allocation a case may make.
+    max_alloc: usize,
+    seeds: Vec<Vec<u8>>,
+    run: Box<dyn Fn(&[u8])>,
+}
+
+fn server_key() -> &'static RsaPrivate {
+    static KEY: OnceLock<RsaPrivate> = OnceLock::new();
+    KEY.get_or_init(|| crypto::read_private_key(&vectors().join("server_test_key.pem")).unwrap())
+}
+
+fn vectors() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn targets() -> Vec<Target> {
+    let key = server_key();
+    let public = key.public();
+    let frame_key = [7u8; 32];
+    let mut s = Sender::new(AeadKey::new(frame_key), Direction::ClientToServer, 2);
+    let frames: Vec<Vec<u8>> = [
+        (MsgType::MsgReq, 5, 9, &b"envelope bytes"[..]),
+        (MsgType::StatusReq, 0, 9, &b""[..]),
+        (MsgType::InitReq, 0, 9, &b"KEY\nbob\ncarol\n"[..]),
+    ]
+    .iter()
+    .map(|(t, sid, uid, p)| s.seal(*t, *sid, *uid, p).unwrap())
+    .collect();
+    let (login_frame, _) = login::ClientLogin::start(&public, "alice", "correct horse", now_ns()).unwrap();
+    let login_payload = format!("{}\nalice\ncorrect horse\n{}\n{}", now_ns(), "ab".repeat(16), "cd".repeat(32));
+    let user_key = public.to_base64();
+    let users_text = {
+        let h = accounts::PasswordHash::with_salt("pw", 1000, &[1; 16]).unwrap();
+        format!("alice:00000000000000aa:{}\nbob:00000000000000bb:{}\n", h.to_phc(), h.to_phc())
+    };
+    let author = RsaPrivate::generate(2048).unwrap();
+    let me = RsaPrivate::generate(2048).unwrap();
+    let me_pub = me.public();
+    let envelope = e2e::seal(5, 0xaa, &author, &[(0xbb, &me_pub)], "hello").unwrap();
+    let author_pub = author.public();
+    let status = format!("OK\nlive alice\nalice 00000000000000aa accepted online 3 {user_key}\nbob 00000000000000bb invited offline 0\n");
+
+    vec![
+        Target {
+            name: "mtp-frame",
+            weight: 30,
+            max_alloc: mtp::MAX_FRAME_LEN,
+            seeds: frames.clone(),
+            run: Box::new(move |input| {
+                let mut r = Receiver::new(AeadKey::new(frame_key), Direction::ClientToServer, 1);
+                let _ = r.open(input);
+                let _ = mtp::frame_header(input);
+            }),
+        },
+        Target {
+            name: "mtp-read-frame",
+            weight: 10,
+            max_alloc: mtp::MAX_FRAME_LEN,
+            seeds: frames,
+            run: Box::new(|input| {
+                let mut r = input;
+                while mtp::read_frame(&mut r).is_ok() {}
+            }),
+        },
+        Target {
+            name: "login-frame",
+            weight: 1,
+            max_alloc: 64 * 1024,
+            seeds: vec![login_frame],
+            run: Box::new(move |input| {
+                let _ = login::ExpectLoginReq::open(key, input);
+            }),
+        },
+        Target {
+            name: "login-payload",
+            weight: 15,
+            max_alloc: 64 * 1024,
+            seeds: vec![login_payload.into_bytes()],
+            run: Box::new(|input| {
+                let _ = login::check_request_payload(input);
+            }),
+        },
+        Target {
+            name: "init-payload",
+            weight: 10,
+            max_alloc: 64 * 1024,
+            seeds: vec![format!("{user_key}\nbob\ncarol\n").into_bytes(), b"K\nb".to_vec()],
+            run: Box::new(|input| {
+                if let Ok(req) = session::parse_init(input, &session::Limits::default()) {
+                    let _ = crypto::RsaPublic::from_base64(&req.key);
+                }
+            }),
+        },
+        Target {
+            name: "invite-answer",
+            weight: 5,
+            max_alloc: 64 * 1024,
+            seeds: vec![format!("Accept\n{user_key}").into_bytes(), b"Deny".to_vec()],
+            run: Box::new(|input| {
+                if let Some(session::InviteAnswer::Accept(k)) = session::parse_invite_answer(input) {
+                    let _ = crypto::RsaPublic::from_base64(&k);
+                }
+            }),
+        },
+        Target {
+            name: "ack-and-status",
+            weight: 10,
+            max_alloc: 64 * 1024,
+            seeds: vec![b"OK 17".to_vec(), status.into_bytes()],
+            run: Box::new(|input| {
+                let _ = session::parse_ack(input);
+                if let Ok(text) = std::str::from_utf8(input) {
+                    let _ = client::check_session_status(text);
+                }
+            }),
+        },
+        Target {
+            name: "users-file",
+            weight: 10,
+            max_alloc: 64 * 1024,
+            seeds: vec![users_text.into_bytes()],
+            run: Box::new(|input| {
+                if let Ok(text) = std::str::from_utf8(input) {
+                    let _ = accounts::parse_users(text);
+                    for line in text.lines() {
+                        if let Some(phc) = line.splitn(3, ':').nth(2) {
+                            let _ = accounts::PasswordHash::parse_phc(phc);
+                        }
+                    }
+                }
+            }),
+        },
+        Target {
+            name: "key-files",
+            weight: 3,
+            max_alloc: 64 * 1024,
+            seeds: vec![public.to_spki_pem().into_bytes(), user_key.clone().into_bytes()],
+            run: Box::new(|input| {
+                if let Ok(text) = std::str::from_utf8(input) {
+                    let _ = crypto::RsaPublic::from_spki_pem(text);
+                    let _ = crypto::RsaPublic::from_base64(text.trim());
+                }
+                let _ = crypto::RsaPublic::from_spki_der(input);
+            }),
+        },
+        Target {
+            name: "envelope",
+            weight: 5,
+            max_alloc: 128 * 1024,
+            seeds: vec![envelope],
+            run: Box::new(move |input| {
+                if e2e::parse(input).is_ok() {
+                    let _ = e2e::open(5, 0xaa, &author_pub, 0xbb, &me, input);
+                }
+            }),
+        },
+        Target {
+            name: "encoding",
+            weight: 5,
+            max_alloc: 64 * 1024,
+            seeds: vec![b"00000000000000ff".to_vec(), b"YWJj".to_vec(), b"12345".to_vec()],
+            run: Box::new(|input| {
+                if let Ok(t) = std::str::from_utf8(input) {
+                    let _ = encoding::parse_id(t);
+                    let _ = encoding::parse_decimal(t);
+                    let _ = encoding::unb64(t);
+                    let _ = encoding::unb64_unpadded(t);
+                    let _ = client::escape(t);
+                }
+            }),
+        },
+    ]
+}
+
+fn regressions_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions")
+}
+
+/// Runs one input; `Err` describes a panic or an oversized allocation.
+fn run_case(t: &Target, input: &[u8]) -> Result<(), String> {
+    LARGEST.with(|l| l.set(0));
+    ARMED.with(|a| a.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| (t.run)(input)));
+    ARMED.with(|a| a.set(false));
+    let largest = LARGEST.with(|l| l.get());
+    match result {
+        Err(_) => Err("panicked".into()),
+        Ok(()) if largest > t.max_alloc => Err(format!("allocated {largest} bytes at once (bound {})", t.max_alloc)),
+        Ok(()) => Ok(()),
+    }
+}
+
+#[test]
+fn parsers_survive_mutated_inputs() {
+    let cases: usize = std::env::var("MPCHAT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let seed: u64 = std::env::var("MPCHAT_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6d70_6368_6174);
+    let targets = targets();
+    panic::set_hook(Box::new(|_| {}));
+    let mut failures = Vec::new();
+
+    // Regression inputs first.
+    if let Ok(dir) = std::fs::read_dir(regressions_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(t) = targets.iter().find(|t| name.starts_with(&format!("{}-", t.name))) else { continue };
+            let input = std::fs::read(entry.path()).unwrap();
+            if let Err(e) = run_case(t, &input) {
+                failures.push(format!("regression {name}: {e}"));
+            }
+        }
+    }
+
+    // Every seed must itself pass, so a target that rejects everything is noticed.
+    for t in &targets {
+        for s in &t.seeds {
+            if let Err(e) = run_case(t, s) {
+                failures.push(format!("seed of {}: {e}", t.name));
+            }
+        }
+    }
+
+    let total_weight: usize = targets.iter().map(|t| t.weight).sum();
+    let mut rng = Rng(seed | 1);
+    let mut input = Vec::new();
+    let mut counts = vec![0usize; targets.len()];
+    let started = Instant::now();
+    for _ in 0..cases {
+        let mut pick = rng.below(total_weight);
+        let ti = targets.iter().position(|t| {
+            if pick < t.weight {
+                true
+            } else {
+                pick -= t.weight;
+                false
+            }
+        });
+        let t = &targets[ti.unwrap_or(0)];
+        counts[ti.unwrap_or(0)] += 1;
+        let seed_input = &t.seeds[rng.below(t.seeds.len())];
+        let other = &t.seeds[rng.below(t.seeds.len())];
+        mutate(&mut rng, seed_input, other, &mut input);
+        if let Err(e) = run_case(t, &input) {
+            let hash = encoding::hex(&crypto::sha256(&input)[..8]);
+            let path = regressions_dir().join(format!("{}-{hash}.bin", t.name));
+            let _ = std::fs::create_dir_all(regressions_dir());
+            let _ = std::fs::write(&path, &input);
+            failures.push(format!("{}: {e}; input kept in {}", t.name, path.display()));
+            if failures.len() > 20 {
+                break;
+            }
+        }
+    }
+    let _ = panic::take_hook();
+    let secs = started.elapsed().as_secs_f64();
+    let per: Vec<String> = targets.iter().zip(&counts).map(|(t, c)| format!("{} {c}", t.name)).collect();
+    println!("fuzz: {cases} cases in {secs:.1} s ({:.0}/s), seed {seed}: {}", cases as f64 / secs, per.join(", "));
+    assert!(failures.is_empty(), "fuzz failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn the_harness_catches_panics_and_oversized_allocations() {
+    let big = Target {
+        name: "big",
+        weight: 1,
+        max_alloc: 1024,
+        seeds: vec![],
+        run: Box::new(|input| {
+            let v = vec![0u8; 4096 + input.len()];
+            std::hint::black_box(v);
+        }),
+    };
+    assert!(run_case(&big, b"x").unwrap_err().contains("allocated"));
+    let boom = Target {
+        name: "boom",
+        weight: 1,
+        max_alloc: 1024,
+        seeds: vec![],
+        run: Box::new(|input| assert!(input.is_empty(), "boom")),
+    };
+    assert_eq!(run_case(&boom, b"x"), Err("panicked".to_string()));
+    assert_eq!(run_case(&boom, b""), Ok(()));
+}
