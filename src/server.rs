@@ -51,6 +51,12 @@ const WRITE_BUFFER: usize = 64 * 1024;
 const READER_STACK: usize = 256 * 1024;
 /// Stack of a connection's writer thread (it only seals and writes).
 const WRITER_STACK: usize = 128 * 1024;
+/// When every pre-login slot is taken, a connection that has been logging in for at
+/// least this long is closed to make room for the new one. A real client sends its
+/// whole login request at once and is answered within milliseconds, so only idle or
+/// dribbling connections are this old; without this, a thousand idle connections
+/// would lock real users out for the whole grace time.
+pub const PRELOGIN_EVICT_AGE: Duration = Duration::from_secs(1);
 /// Security warnings logged per second at most; the rest are counted.
 const WARNINGS_PER_SECOND: u32 = 20;
 
@@ -199,7 +205,8 @@ struct Shared {
     gate: PasswordGate,
     replay: Mutex<ReplayCache>,
     registry: Mutex<Registry>,
-    prelogin: AtomicUsize,
+    /// Connections still logging in: when each started, and a handle to close it.
+    prelogin: Mutex<HashMap<u64, (Instant, TcpStream)>>,
     total: AtomicUsize,
     next_conn: AtomicU64,
     timers: Timers,
@@ -262,7 +269,7 @@ impl Server {
             gate: PasswordGate::new(),
             replay: Mutex::new(ReplayCache::new(login::REPLAY_CACHE_CAPACITY)),
             registry: Mutex::new(Registry::new(sessions, 0)),
-            prelogin: AtomicUsize::new(0),
+            prelogin: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             timers: Timers { heap: Mutex::new(BinaryHeap::new()), cv: Condvar::new() },
@@ -314,24 +321,56 @@ impl Server {
             sh.warnings.warn(format_args!("{peer}: refused, {} connections open", sh.config.max_connections));
             return;
         }
-        if sh.prelogin.load(Ordering::Acquire) >= sh.config.max_prelogin {
-            sh.warnings.warn(format_args!("{peer}: refused, {} connections still logging in", sh.config.max_prelogin));
-            return;
+        let Ok(handle) = stream.try_clone() else { return };
+        let id = sh.next_conn.fetch_add(1, Ordering::Relaxed);
+        let evicted = {
+            let mut table = lock(&sh.prelogin);
+            let mut evicted = None;
+            if table.len() >= sh.config.max_prelogin {
+                let oldest = table.iter().min_by_key(|(_, (t, _))| *t).map(|(k, (t, _))| (*k, *t));
+                match oldest {
+                    Some((old, since)) if since.elapsed() >= PRELOGIN_EVICT_AGE => {
+                        evicted = table.remove(&old).map(|(_, s)| s);
+                    }
+                    _ => {
+                        drop(table);
+                        sh.warnings.warn(format_args!(
+                            "{peer}: refused, {} connections still logging in",
+                            sh.config.max_prelogin
+                        ));
+                        return;
+                    }
+                }
+            }
+            table.insert(id, (Instant::now(), handle));
+            evicted
+        };
+        if let Some(old) = evicted {
+            sh.warnings.warn(format_args!("closed a connection that did not log in within {PRELOGIN_EVICT_AGE:?} to admit {peer}"));
+            let _ = old.shutdown(Shutdown::Both);
         }
         sh.total.fetch_add(1, Ordering::AcqRel);
-        sh.prelogin.fetch_add(1, Ordering::AcqRel);
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new().stack_size(READER_STACK).spawn(move || {
             let total = CountGuard(&shared.total);
-            let prelogin = CountGuard(&shared.prelogin);
-            connection(&shared, stream, peer, prelogin);
+            let prelogin = PreloginGuard(&shared.prelogin, id);
+            connection(&shared, stream, peer, id, prelogin);
             drop(total);
         });
         if let Err(e) = spawned {
             log::warn!("{peer}: cannot start a connection thread: {e}");
             sh.total.fetch_sub(1, Ordering::AcqRel);
-            sh.prelogin.fetch_sub(1, Ordering::AcqRel);
+            lock(&sh.prelogin).remove(&id);
         }
+    }
+}
+
+/// Keeps a connection in the pre-login table until it logs in or ends.
+struct PreloginGuard<'a>(&'a Mutex<HashMap<u64, (Instant, TcpStream)>>, u64);
+
+impl Drop for PreloginGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
     }
 }
 
@@ -432,14 +471,13 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<(Strin
     }
 }
 
-fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, prelogin: CountGuard<'_>) {
+fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64, prelogin: PreloginGuard<'_>) {
     let Some((name, login_res, est)) = login(shared, &stream, peer) else {
         let _ = stream.shutdown(Shutdown::Both);
         return;
     };
     drop(prelogin);
     let uid = est.uid;
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::sync_channel(shared.config.queue_len);
     let wake = Arc::new(AtomicBool::new(false));
     let (Ok(closer), Ok(write_half)) = (stream.try_clone(), stream.try_clone()) else {
