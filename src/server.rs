@@ -206,7 +206,7 @@ struct Shared {
     replay: Mutex<ReplayCache>,
     registry: Mutex<Registry>,
     /// Connections still logging in: when each started, and a handle to close it.
-    prelogin: Mutex<HashMap<u64, (Instant, TcpStream)>>,
+    prelogin: Mutex<HashMap<u64, (Instant, Arc<TcpStream>)>>,
     total: AtomicUsize,
     next_conn: AtomicU64,
     timers: Timers,
@@ -306,12 +306,12 @@ impl Server {
                     continue;
                 }
             };
-            self.admit(stream);
+            self.admit(Arc::new(stream));
         }
         Ok(())
     }
 
-    fn admit(&self, stream: TcpStream) {
+    fn admit(&self, stream: Arc<TcpStream>) {
         let sh = &self.shared;
         let peer = match stream.peer_addr() {
             Ok(p) => p,
@@ -321,7 +321,7 @@ impl Server {
             sh.warnings.warn(format_args!("{peer}: refused, {} connections open", sh.config.max_connections));
             return;
         }
-        let Ok(handle) = stream.try_clone() else { return };
+        let handle = stream.clone();
         let id = sh.next_conn.fetch_add(1, Ordering::Relaxed);
         let evicted = {
             let mut table = lock(&sh.prelogin);
@@ -366,7 +366,7 @@ impl Server {
 }
 
 /// Keeps a connection in the pre-login table until it logs in or ends.
-struct PreloginGuard<'a>(&'a Mutex<HashMap<u64, (Instant, TcpStream)>>, u64);
+struct PreloginGuard<'a>(&'a Mutex<HashMap<u64, (Instant, Arc<TcpStream>)>>, u64);
 
 impl Drop for PreloginGuard<'_> {
     fn drop(&mut self) {
@@ -471,7 +471,7 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<(Strin
     }
 }
 
-fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64, prelogin: PreloginGuard<'_>) {
+fn connection(shared: &Arc<Shared>, stream: Arc<TcpStream>, peer: SocketAddr, id: u64, prelogin: PreloginGuard<'_>) {
     let Some((name, login_res, est)) = login(shared, &stream, peer) else {
         let _ = stream.shutdown(Shutdown::Both);
         return;
@@ -480,9 +480,9 @@ fn connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64
     let uid = est.uid;
     let (tx, rx) = mpsc::sync_channel(shared.config.queue_len);
     let wake = Arc::new(AtomicBool::new(false));
-    let (Ok(closer), Ok(write_half)) = (stream.try_clone(), stream.try_clone()) else {
-        return;
-    };
+    // One socket shared by both threads (a dup per thread would triple the file
+    // descriptors a connection costs).
+    let (closer, write_half) = (stream.clone(), stream.clone());
     let conn = Conn {
         id,
         tx,
@@ -640,7 +640,7 @@ fn init(shared: &Shared, me: Requester, name: &str, sid: u64, payload: &[u8]) {
 /// deliveries from the store when woken.
 fn writer(
     shared: &Shared,
-    mut stream: TcpStream,
+    stream: Arc<TcpStream>,
     mut sender: mtp::Sender,
     rx: ChanReceiver<Out>,
     wake: Arc<AtomicBool>,
@@ -650,7 +650,7 @@ fn writer(
     let mut buf = login_res;
     let mut cursors: HashMap<u64, u64> = HashMap::new();
     let result = (|| -> io::Result<()> {
-        stream.write_all(&buf)?;
+        (&*stream).write_all(&buf)?;
         buf.clear();
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
@@ -662,16 +662,16 @@ fn writer(
                     }
                     Out::Wake => {
                         wake.store(false, Ordering::Release);
-                        deliver(shared, &mut stream, &mut sender, &mut buf, &mut cursors, uid)?;
+                        deliver(shared, &stream, &mut sender, &mut buf, &mut cursors, uid)?;
                     }
                 }
                 if buf.len() >= WRITE_BUFFER {
-                    stream.write_all(&buf)?;
+                    (&*stream).write_all(&buf)?;
                     buf.clear();
                 }
                 next = rx.try_recv().ok();
             }
-            stream.write_all(&buf)?;
+            (&*stream).write_all(&buf)?;
             buf.clear();
         }
         Ok(())
@@ -687,7 +687,7 @@ fn writer(
 /// the socket rather than queued.
 fn deliver(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     sender: &mut mtp::Sender,
     buf: &mut Vec<u8>,
     cursors: &mut HashMap<u64, u64>,
@@ -715,7 +715,7 @@ fn deliver(
             let frame = sender.seal(MsgType::MsgReq, sid, author, &payload).map_err(io::Error::other)?;
             buf.extend_from_slice(&frame);
             if buf.len() >= WRITE_BUFFER {
-                stream.write_all(buf)?;
+                (&*stream).write_all(buf)?;
                 buf.clear();
             }
             cursors.insert(sid, n);
