@@ -327,6 +327,10 @@ struct Client<W: Write> {
     warned: HashSet<(String, String)>,
     /// Held messages already announced, by (sid, n).
     held: HashSet<(u64, u64)>,
+    /// The latest changed key offered per name: what `/trust NAME` trusts.
+    offered: HashMap<String, RsaPublic>,
+    /// Our own public key.
+    my_public: RsaPublic,
 }
 
 impl<W: Write> Client<W> {
@@ -435,15 +439,9 @@ impl<W: Write> Client<W> {
                 }
             }
             "/trust" => {
+                // Trust exactly the key the last key-changed line for this name showed.
                 let who = rest.trim();
-                let key = self
-                    .sessions
-                    .values()
-                    .flat_map(|s| s.members.iter())
-                    .find(|m| m.name == who)
-                    .and_then(|m| m.key.clone())
-                    .and_then(|k| RsaPublic::from_base64(&k).ok());
-                match key {
+                match self.offered.remove(who) {
                     Some(key) => match self.pins.trust(who, &key) {
                         Ok(()) => {
                             self.warned.retain(|(n, _)| n != who);
@@ -452,7 +450,7 @@ impl<W: Write> Client<W> {
                         }
                         Err(e) => self.emit(&format!("error trust {}", escape(&e.to_string()))),
                     },
-                    None => self.emit(&format!("error trust no key seen for {}", escape(who))),
+                    None => self.emit(&format!("error trust no changed key to trust for {}", escape(who))),
                 }
             }
             _ => self.emit(&format!(
@@ -472,9 +470,31 @@ impl<W: Write> Client<W> {
     /// for `/trust`; `Err(false)` that it is unusable (invalid, or the pin file failed).
     fn check_key(&mut self, name: &str, key_b64: &str) -> Result<RsaPublic, bool> {
         let key = RsaPublic::from_base64(key_b64).map_err(|_| false)?;
+        // Our own name is pinned to our own key: the server cannot add a second "us".
+        if name == self.config.user {
+            if key == self.my_public {
+                return Ok(key);
+            }
+            if self.warned.insert((name.to_string(), key.fingerprint())) {
+                self.emit(&format!("error key the server lists a key that is not yours under your name {}", escape(name)));
+            }
+            return Err(false);
+        }
+        // A key belongs to one name: the server cannot relabel a known key.
+        if let Some(owner) = self.pins.name_of(&key).filter(|owner| *owner != name) {
+            if self.warned.insert((name.to_string(), key.fingerprint())) {
+                self.emit(&format!(
+                    "error key the server offers the key of {} under the name {}",
+                    escape(owner),
+                    escape(name)
+                ));
+            }
+            return Err(false);
+        }
         match self.pins.check(name, &key) {
             Ok(PinStatus::New) | Ok(PinStatus::Match) => Ok(key),
             Ok(PinStatus::Changed { old_fingerprint, new_fingerprint }) => {
+                self.offered.insert(name.to_string(), key.clone());
                 if self.warned.insert((name.to_string(), new_fingerprint.clone())) {
                     self.emit(&format!("key-changed {} {} {}", escape(name), old_fingerprint, new_fingerprint));
                 }
@@ -501,7 +521,8 @@ impl<W: Write> Client<W> {
             };
             let mut keys = Vec::new();
             let me = self.uid;
-            for member in view.members.iter().filter(|p| p.answer == "accepted" && p.uid != me) {
+            let my_name = self.config.user.clone();
+            for member in view.members.iter().filter(|p| p.answer == "accepted" && p.uid != me && p.name != my_name) {
                 if let Some(key) = member.key.as_deref().and_then(|k| self.usable_key(&member.name, k)) {
                     keys.push((member.uid, key));
                 }
@@ -764,7 +785,8 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
     let mut generation = 0;
     spawn_reader(link.stream.try_clone().map_err(|e| ClientError(e.to_string()))?, receiver, generation, tx.clone());
     spawn_stdin(input, tx.clone());
-    let my_key_b64 = my_key.public().to_base64();
+    let my_public = my_key.public();
+    let my_key_b64 = my_public.to_base64();
     let mut c = Client {
         out,
         config,
@@ -787,6 +809,8 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
         incoming: Vec::new(),
         warned: HashSet::new(),
         held: HashSet::new(),
+        offered: HashMap::new(),
+        my_public,
     };
     let mut input_done = false;
     let mut backoff = RECONNECT_MIN;

@@ -346,6 +346,12 @@ impl KnownKeys {
         self.pins.get(name)
     }
 
+    /// The user a key is pinned for, if any. A key belongs to one name: a server that
+    /// offers a known key under another name is relabelling someone.
+    pub fn name_of(&self, key: &RsaPublic) -> Option<&str> {
+        self.pins.iter().find(|(_, k)| *k == key).map(|(n, _)| n.as_str())
+    }
+
     /// Number of pinned users.
     pub fn len(&self) -> usize {
         self.pins.len()
