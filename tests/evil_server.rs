@@ -986,3 +986,62 @@ fn known_key_offered_under_a_new_name_does_not_relabel_its_author() {
         "alice's message was shown as dave's: {transcript:#?}"
     );
 }
+
+#[test]
+#[ignore = "bug: /trust NAME takes the key of whichever cached session lists NAME first (HashMap order), not the key the key-changed line named; fails in most runs"]
+fn trust_takes_the_key_named_in_the_key_changed_line() {
+    let mut r = Rig::start();
+    let k = keys();
+    // Alice's old sessions keep listing the key she accepted them with; a new one
+    // lists her new key (a genuine rotation looks exactly like this).
+    let old_sessions: Vec<u64> = (1..=8).map(|i| S1 + 0x100 * i).collect();
+    for &sid in &old_sessions {
+        r.join(sid, "alice", ALICE, status("alice", &carol_and_alice()));
+    }
+    r.conn.statuses.insert(
+        S2,
+        status(
+            "alice",
+            &[
+                ("carol", CAROL, k.carol.public()),
+                ("alice", ALICE, k.mallory.public()),
+            ],
+        ),
+    );
+    r.conn.send(MsgType::InviteReq, S2, ALICE, b"");
+    r.conn.serve_status(S2);
+    let new_fp = k.mallory.public().fingerprint();
+    assert_eq!(
+        r.line(),
+        format!(
+            "key-changed alice {} {new_fp}",
+            k.alice.public().fingerprint()
+        )
+    );
+    r.client.expect(&format!("invite {} ", id_hex(S2)));
+    r.client.send("/trust alice");
+    assert_eq!(r.line(), format!("trusted alice {new_fp}"));
+    r.finish();
+}
+
+#[test]
+#[ignore = "bug: a member the server lists under the client's own name with another uid is pinned on first use (the own name is never pinned) and sent every message"]
+fn participant_listed_under_the_clients_own_name_gets_nothing() {
+    let mut r = Rig::start();
+    let k = keys();
+    let sid = id_hex(S1);
+    let phantom: u64 = 0x0fa4_e0fa_4e0f_a4e0;
+    let mut members = carol_and_alice();
+    members.push(("carol", phantom, k.mallory.public()));
+    r.join(S1, "alice", ALICE, status("alice", &members));
+    r.client.send(&format!("/msg {sid} for alice only"));
+    let env = r.conn.recv_type(MsgType::MsgReq, S1);
+    assert_eq!(
+        recipients(&env),
+        vec![ALICE],
+        "a second \"carol\" was sent the message"
+    );
+    r.conn.send(MsgType::MsgRes, S1, 0, b"OK 1");
+    r.client.expect(&format!("sent {sid} 1"));
+    r.finish();
+}
