@@ -773,7 +773,6 @@ fn substituted_key_of_the_only_peer_gets_nothing_until_trusted() {
     r.conn.send(MsgType::MsgRes, S1, 0, b"OK 1");
     assert_eq!(r.line(), format!("sent {sid} 1"));
 
-    let k = keys();
     let forged = status(
         "alice",
         &[
