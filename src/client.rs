@@ -34,6 +34,9 @@ pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// File in the config directory holding the last message number printed per session.
 pub const RECEIVED_FILE: &str = "received";
+/// Incoming messages held at most (waiting for a session's members or a `/trust`);
+/// beyond this they are left unacknowledged for redelivery rather than kept in memory.
+pub const MAX_WAITING_MESSAGES: usize = 10_000;
 /// Longest stdin line accepted (a `/msg` text must fit an envelope anyway).
 pub const MAX_LINE_LEN: usize = 64 * 1024;
 
@@ -73,7 +76,13 @@ pub fn escape(text: &str) -> String {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c if (0x80..0xa0).contains(&(c as u32)) || matches!(c, '\u{2028}' | '\u{2029}') => {
+            // C1 controls, line separators, and the bidirectional overrides and
+            // isolates that would let a peer reorder how the line looks.
+            c if (0x80..0xa0).contains(&(c as u32))
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
@@ -646,6 +655,11 @@ impl<W: Write> Client<W> {
                 if self.incoming.iter().any(|m| m.sid == h.sid && m.n == n) {
                     return;
                 }
+                if self.incoming.len() >= MAX_WAITING_MESSAGES {
+                    // Not acknowledged: the server keeps it and delivers it again.
+                    self.emit(&format!("error msg {sid_hex} too many messages waiting; will retry at next login"));
+                    return;
+                }
                 self.incoming.push(IncomingMsg { sid: h.sid, author: h.uid, n, envelope: payload[8..].to_vec() });
                 let known = self.sessions.get(&h.sid).is_some_and(|s| s.members.iter().any(|p| p.uid == h.uid));
                 if !known && self.status_quiet.get(&h.sid).copied().unwrap_or(0) == 0 {
@@ -886,6 +900,7 @@ mod tests {
         assert_eq!(escape("tab\there\r"), "tab\\there\\r");
         assert_eq!(escape("\u{85}\u{2028}\x7f"), "\\u{85}\\u{2028}\\x7f");
         assert_eq!(escape("héllo wörld"), "héllo wörld");
+        assert_eq!(escape("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
     }
 
     #[test]
