@@ -372,3 +372,10 @@ pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
         }
     }
 }
+
+impl Server {
+    /// The server's process id (for checks on its threads and open descriptors).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
