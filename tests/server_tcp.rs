@@ -860,7 +860,7 @@ fn a_replayed_login_request_is_closed_without_a_reply() {
 
 #[test]
 fn prelogin_cap_refuses_extra_connections_until_a_slot_frees() {
-    let mut server = Server::start(&["--max-prelogin", "2", "--login-grace", "60"]);
+    let mut server = Server::start(&["--max-pending-logins", "2", "--login-grace", "60"]);
     server.add_user("alice", PW);
     // The accept loop takes connections in the order they completed, so the first two
     // hold the slots when the third arrives.
@@ -896,7 +896,7 @@ fn prelogin_cap_refuses_extra_connections_until_a_slot_frees() {
 
 #[test]
 fn a_real_user_logs_in_while_idle_connections_hold_prelogin_slots() {
-    let mut server = Server::start(&["--max-prelogin", "3", "--login-grace", "60"]);
+    let mut server = Server::start(&["--max-pending-logins", "3", "--login-grace", "60"]);
     server.add_user("alice", PW);
     let mut idle1 = TcpStream::connect(server.addr).unwrap();
     let mut idle2 = TcpStream::connect(server.addr).unwrap();
