@@ -27,3 +27,4 @@ pub mod pins;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod store;
