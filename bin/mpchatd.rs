@@ -30,6 +30,7 @@ Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
   --max-participants N        per session, creator included [100]
   --backlog-messages N        unacknowledged messages per session [10000]
   --backlog-bytes N           unacknowledged envelope bytes per session [67108864]
+  --compact-bytes N           journal size that triggers a snapshot [67108864]
 See mpchatd(8).";
 
 const SERVE_OPTS: &[&str] = &[
@@ -46,6 +47,7 @@ const SERVE_OPTS: &[&str] = &[
     "--max-participants",
     "--backlog-messages",
     "--backlog-bytes",
+    "--compact-bytes",
 ];
 
 enum Failure {
@@ -120,9 +122,19 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             "--heartbeat" => config.heartbeat_idle = cli::seconds(p, &name, v)?,
             "--heartbeat-timeout" => config.heartbeat_timeout = cli::seconds(p, &name, v)?,
             "--queue-len" => config.queue_len = positive(p, &name, v)?,
-            "--max-participants" => config.limits.max_participants = positive::<usize>(p, &name, v)?.max(2),
+            "--max-participants" => {
+                let n: usize = positive(p, &name, v)?;
+                if !(2..=mpchat::store::MAX_STORED_PARTICIPANTS).contains(&n) {
+                    return Err(Failure::Usage(format!(
+                        "{p}: --max-participants must be between 2 and {}",
+                        mpchat::store::MAX_STORED_PARTICIPANTS
+                    )));
+                }
+                config.limits.max_participants = n;
+            }
             "--backlog-messages" => config.limits.backlog_messages = positive(p, &name, v)?,
             "--backlog-bytes" => config.limits.backlog_bytes = positive(p, &name, v)?,
+            "--compact-bytes" => config.compact_bytes = positive(p, &name, v)?,
             _ => unreachable!("cli::parse only returns listed options"),
         }
     }

@@ -117,6 +117,9 @@ pub struct Registry {
     pending: Pending,
     /// The next log sequence number.
     next_lsn: u64,
+    /// Bumped when the state is reset after a storage failure; batches planned under
+    /// an older epoch are refused rather than stored.
+    epoch: u64,
 }
 
 impl Registry {
@@ -129,7 +132,19 @@ impl Registry {
             doomed: Vec::new(),
             pending: Pending::default(),
             next_lsn: last_lsn + 1,
+            epoch: 0,
         }
+    }
+
+    /// The current epoch (see [`Registry::reset`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Sessions that are not live yet (after a restart they go live at once: the
+    /// creator's wait ended with the old process).
+    pub fn pending_sessions(&self) -> Vec<u64> {
+        self.sessions.iter().filter(|s| !s.live).map(|s| s.sid).collect()
     }
 
     /// The last log sequence number assigned.
@@ -145,8 +160,9 @@ impl Registry {
         self.sessions = sessions;
         self.next_lsn = last_lsn + 1;
         self.pending = Pending::default();
-        let waiting: Vec<u64> = self.waiting.keys().copied().collect();
-        for sid in waiting {
+        self.epoch += 1;
+        self.waiting.clear();
+        for sid in self.pending_sessions() {
             self.go_live(sid);
         }
     }

@@ -21,8 +21,9 @@ use crate::accounts::{PasswordGate, UsersFile};
 use crate::crypto::{self, RsaPrivate, RsaPublic};
 use crate::login::{self, ExpectLoginReq, ReplayCache};
 use crate::mtp::{self, MsgType, ReadError};
-use crate::registry::{Conn, Out, Registry, Requester};
-use crate::session::{self, Limits, Refusal, Sessions};
+use crate::registry::{Conn, Out, Pending, Registry, Requester};
+use crate::session::{self, Limits, Refusal};
+use crate::store::{self, Journal, Snapshot};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5150";
@@ -57,6 +58,12 @@ const WRITER_STACK: usize = 128 * 1024;
 /// dribbling connections are this old; without this, a thousand idle connections
 /// would lock real users out for the whole grace time.
 pub const PRELOGIN_EVICT_AGE: Duration = Duration::from_secs(1);
+/// Requests of one connection whose records are not yet stored, at most: past this
+/// its reader waits, so a client sending faster than the disk stores is slowed down
+/// instead of growing the journal queue without bound.
+const MAX_INFLIGHT: usize = 256;
+/// Batches stored with one fsync, at most.
+const MAX_GROUP: usize = 1024;
 /// Security warnings logged per second at most; the rest are counted.
 const WARNINGS_PER_SECOND: u32 = 20;
 
@@ -85,6 +92,8 @@ pub struct Config {
     pub queue_len: usize,
     /// Session limits.
     pub limits: Limits,
+    /// Journal size past which the state is compacted into a snapshot.
+    pub compact_bytes: u64,
 }
 
 impl Default for Config {
@@ -101,6 +110,7 @@ impl Default for Config {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             queue_len: DEFAULT_QUEUE_LEN,
             limits: Limits::default(),
+            compact_bytes: store::DEFAULT_COMPACT_BYTES,
         }
     }
 }
@@ -119,6 +129,8 @@ impl std::error::Error for StartError {}
 
 /// Name of the server's private key file in the state directory.
 pub const SERVER_KEY_FILE: &str = "server.key";
+/// Lock file in the state directory, held while a server runs.
+pub const LOCK_FILE: &str = "lock";
 /// Name of the server's public key file in the state directory.
 pub const SERVER_PUB_FILE: &str = "server.pub";
 
@@ -198,6 +210,40 @@ struct Timers {
     cv: Condvar,
 }
 
+/// Requests of one connection waiting for their records to be stored.
+#[derive(Default)]
+struct Inflight {
+    count: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Inflight {
+    fn add(&self) {
+        *lock(&self.count) += 1;
+    }
+
+    fn done(&self) {
+        let mut c = lock(&self.count);
+        *c = c.saturating_sub(1);
+        self.cv.notify_all();
+    }
+
+    /// Waits until fewer than `max` requests are waiting for storage.
+    fn wait_below(&self, max: usize) {
+        let mut c = lock(&self.count);
+        while *c >= max {
+            c = self.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Records to store with one group commit, and what to do once they are stored.
+struct Batch {
+    epoch: u64,
+    pending: Pending,
+    inflight: Option<Arc<Inflight>>,
+}
+
 struct Shared {
     config: Config,
     key: RsaPrivate,
@@ -211,18 +257,35 @@ struct Shared {
     next_conn: AtomicU64,
     timers: Timers,
     warnings: WarnLimiter,
+    journal_tx: mpsc::Sender<Batch>,
 }
 
 impl Shared {
     /// Runs `f` on the locked registry, then closes the connections it doomed, after
     /// the lock is released.
     fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        self.with_registry_as(None, f)
+    }
+
+    /// [`Shared::with_registry`] for a connection's request: records it produced go
+    /// to the journal thread (queued under the lock, so journal order is the order of
+    /// application), and their effects wait until they are stored.
+    fn with_registry_as<R>(&self, inflight: Option<&Arc<Inflight>>, f: impl FnOnce(&mut Registry) -> R) -> R {
         let (r, doomed) = {
             let mut reg = lock(&self.registry);
             let r = f(&mut reg);
             let pending = reg.take_pending();
-            reg.mark_durable(&pending.records);
-            reg.carry_out(pending.effects);
+            if pending.records.is_empty() {
+                reg.carry_out(pending.effects);
+            } else {
+                if let Some(i) = inflight {
+                    i.add();
+                }
+                let batch = Batch { epoch: reg.epoch(), pending, inflight: inflight.cloned() };
+                if self.journal_tx.send(batch).is_err() {
+                    log::error!("the journal thread has stopped; requests are no longer stored");
+                }
+            }
             (r, reg.take_doomed())
         };
         for conn in doomed {
@@ -242,6 +305,9 @@ impl Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    journal: Option<(Journal, ChanReceiver<Batch>)>,
+    /// Held for the life of the process.
+    _state_lock: std::fs::File,
 }
 
 impl Server {
@@ -262,21 +328,47 @@ impl Server {
                 config.listen
             ))
         })?;
-        let sessions = Sessions::new(config.limits);
+        // One server per state directory: a second one would interleave journals.
+        let lock_path = config.state_dir.join(LOCK_FILE);
+        let state_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StartError(format!("cannot open {}: {e}", lock_path.display())))?;
+        if let Err(e) = state_lock.try_lock() {
+            return Err(StartError(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "another mpchatd is already using {}; stop it first or pass another --state-dir",
+                    config.state_dir.display()
+                ),
+                std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", lock_path.display()),
+            }));
+        }
+        let recovered = store::recover(&config.state_dir, config.limits)
+            .map_err(|e| StartError(format!("cannot recover the sessions: {e}")))?;
+        let sessions = recovered.sessions;
+        log::info!(
+            "recovered {} sessions up to record {}",
+            sessions.iter().count(),
+            recovered.last_lsn
+        );
+        let (journal_tx, journal_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             key,
             users,
             gate: PasswordGate::new(),
             replay: Mutex::new(ReplayCache::new(login::REPLAY_CACHE_CAPACITY)),
-            registry: Mutex::new(Registry::new(sessions, 0)),
+            registry: Mutex::new(Registry::new(sessions, recovered.last_lsn)),
             prelogin: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             timers: Timers { heap: Mutex::new(BinaryHeap::new()), cv: Condvar::new() },
             warnings: WarnLimiter::new(),
+            journal_tx,
             config,
         });
-        Ok(Server { listener, shared })
+        Ok(Server { listener, shared, journal: Some((recovered.journal, journal_rx)), _state_lock: state_lock })
     }
 
     /// The bound address (with the real port when listening on port 0).
@@ -290,7 +382,21 @@ impl Server {
     }
 
     /// Accepts connections forever.
-    pub fn run(self) -> Result<(), StartError> {
+    pub fn run(mut self) -> Result<(), StartError> {
+        if let Some((journal, rx)) = self.journal.take() {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("journal".into())
+                .spawn(move || run_journal(&shared, journal, rx))
+                .map_err(|e| StartError(format!("cannot start the journal thread: {e}")))?;
+        }
+        // Sessions still pending when the last process stopped go live now: their
+        // creators' waits ended with it.
+        self.shared.with_registry(|reg| {
+            for sid in reg.pending_sessions() {
+                reg.go_live(sid);
+            }
+        });
         let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("timers".into())
@@ -374,6 +480,93 @@ impl Drop for PreloginGuard<'_> {
     }
 }
 
+/// The journal thread: stores queued records with one write and one fsync per group
+/// (group commit), then carries out what waited for them. A failed write answers the
+/// affected requests with `error: ...` and puts the in-memory state back to what is
+/// on disk, so nothing unstored is ever acknowledged or delivered.
+fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
+    let mut epoch = lock(&shared.registry).epoch();
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while batches.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let (current, stale): (Vec<Batch>, Vec<Batch>) = batches.into_iter().partition(|b| b.epoch == epoch);
+        let mut current = current;
+        let entries: Vec<(u64, session::Record)> =
+            current.iter_mut().flat_map(|b| std::mem::take(&mut b.pending.records)).collect();
+        let stored = journal.append(&entries);
+        let doomed = {
+            let mut reg = lock(&shared.registry);
+            for b in &stale {
+                reg.fail(&b.pending.on_failure, "the server could not store this; try again");
+            }
+            match &stored {
+                Ok(()) => {
+                    reg.mark_durable(&entries);
+                    for b in current.iter_mut() {
+                        reg.carry_out(std::mem::take(&mut b.pending.effects));
+                    }
+                }
+                Err(e) => {
+                    log::error!("cannot write the journal {}: {e}", journal.path().display());
+                    let reason = format!("the server could not store this ({})", io_reason(e));
+                    for b in &current {
+                        reg.fail(&b.pending.on_failure, &reason);
+                    }
+                    match store::recover(&shared.config.state_dir, shared.config.limits) {
+                        Ok(r) => {
+                            reg.reset(r.sessions, r.last_lsn);
+                            epoch = reg.epoch();
+                            journal = r.journal;
+                            // Sessions made live by the reset need their own records.
+                            let pending = reg.take_pending();
+                            if !pending.records.is_empty() {
+                                let _ = shared.journal_tx.send(Batch { epoch, pending, inflight: None });
+                            }
+                        }
+                        Err(e) => {
+                            log::error!("cannot reload the sessions after a failed write: {e}; stopping");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            }
+            reg.take_doomed()
+        };
+        for conn in doomed {
+            (conn.close)();
+        }
+        for b in current.iter().chain(&stale) {
+            if let Some(i) = &b.inflight {
+                i.done();
+            }
+        }
+        if stored.is_ok() && journal.len() > shared.config.compact_bytes {
+            let snapshot = {
+                let reg = lock(&shared.registry);
+                Snapshot::capture(reg.last_lsn(), &reg.sessions)
+            };
+            match journal.compact_captured(&snapshot) {
+                Ok(()) => log::info!("compacted the journal into a snapshot at record {}", snapshot.lsn()),
+                Err(e) => log::warn!("cannot compact the journal: {e}; will try again later"),
+            }
+        }
+    }
+}
+
+/// A short reason for a failed write, for the client's error line.
+fn io_reason(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull => "disk full",
+        io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => "storage limit reached",
+        _ => "write failed",
+    }
+}
+
 fn run_timers(shared: &Shared) {
     let mut heap = lock(&shared.timers.heap);
     loop {
@@ -425,6 +618,10 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<(Strin
     let frame = match mtp::read_frame(&mut DeadlineReader { stream, deadline }) {
         Ok(f) => f,
         Err(ReadError::Eof) => return None,
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            log::info!("{peer}: closed in the middle of its login request");
+            return None;
+        }
         Err(ReadError::Idle) | Err(ReadError::Io(_)) => {
             log::info!("{peer}: no login within the grace time");
             return None;
@@ -515,6 +712,7 @@ fn connection(shared: &Arc<Shared>, stream: Arc<TcpStream>, peer: SocketAddr, id
 /// The reader loop of a logged-in connection.
 fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, name: &str, mut receiver: mtp::Receiver) {
     let mut heartbeat_sent = false;
+    let inflight = Arc::new(Inflight::default());
     loop {
         let timeout = if heartbeat_sent { shared.config.heartbeat_timeout } else { shared.config.heartbeat_idle };
         if stream.set_read_timeout(Some(timeout)).is_err() {
@@ -549,19 +747,28 @@ fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, n
             shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: header uid is not the user's"));
             return;
         }
-        if let Err(what) = dispatch(shared, me, name, header.typ, header.sid, &payload) {
+        if let Err(what) = dispatch(shared, &inflight, me, name, header.typ, header.sid, &payload) {
             shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {what}"));
             return;
         }
+        inflight.wait_below(MAX_INFLIGHT);
     }
 }
 
 /// Handles one authenticated request. `Err` closes the connection (a type the client
 /// may not send, or a malformed heartbeat answer).
-fn dispatch(shared: &Shared, me: Requester, name: &str, typ: MsgType, sid: u64, payload: &[u8]) -> Result<(), &'static str> {
+fn dispatch(
+    shared: &Shared,
+    inflight: &Arc<Inflight>,
+    me: Requester,
+    name: &str,
+    typ: MsgType,
+    sid: u64,
+    payload: &[u8],
+) -> Result<(), &'static str> {
     match typ {
         MsgType::InitReq => {
-            init(shared, me, name, sid, payload);
+            init(shared, inflight, me, name, sid, payload);
         }
         MsgType::InviteRes => {
             // A malformed answer or an invalid key changes nothing; invite_res has no
@@ -572,22 +779,22 @@ fn dispatch(shared: &Shared, me: Requester, name: &str, typ: MsgType, sid: u64, 
                     session::InviteAnswer::Deny => true,
                 });
             match answer {
-                Some(a) => shared.with_registry(|reg| reg.answer(me, sid, a)),
+                Some(a) => shared.with_registry_as(Some(inflight), |reg| reg.answer(me, sid, a)),
                 None => log::info!("ignored a malformed invite answer from {name}"),
             }
         }
-        MsgType::MsgReq => shared.with_registry(|reg| {
+        MsgType::MsgReq => shared.with_registry_as(Some(inflight), |reg| {
             if reg.message(me, sid, payload).is_some() {
                 reg.wake_recipients(sid, me.uid);
             }
         }),
         MsgType::MsgRes => {
             if let Some(n) = session::parse_ack(payload) {
-                shared.with_registry(|reg| reg.ack(me, sid, n));
+                shared.with_registry_as(Some(inflight), |reg| reg.ack(me, sid, n));
             }
         }
-        MsgType::CloseReq => shared.with_registry(|reg| reg.close(me, sid)),
-        MsgType::StatusReq => shared.with_registry(|reg| reg.status(me, sid)),
+        MsgType::CloseReq => shared.with_registry_as(Some(inflight), |reg| reg.close(me, sid)),
+        MsgType::StatusReq => shared.with_registry_as(Some(inflight), |reg| reg.status(me, sid)),
         MsgType::StatusRes => {
             if sid != 0 || payload != b"Online" {
                 return Err("status_res other than a heartbeat answer");
@@ -598,7 +805,7 @@ fn dispatch(shared: &Shared, me: Requester, name: &str, typ: MsgType, sid: u64, 
     Ok(())
 }
 
-fn init(shared: &Shared, me: Requester, name: &str, sid: u64, payload: &[u8]) {
+fn init(shared: &Shared, inflight: &Arc<Inflight>, me: Requester, name: &str, sid: u64, payload: &[u8]) {
     let limits = shared.config.limits;
     let checked = (|| {
         if sid != 0 {
@@ -620,13 +827,13 @@ fn init(shared: &Shared, me: Requester, name: &str, sid: u64, payload: &[u8]) {
     let (key, invitees) = match checked {
         Ok(x) => x,
         Err(refusal) => {
-            shared.with_registry(|reg| reg.refuse(me, MsgType::InitRes, 0, &refusal));
+            shared.with_registry_as(Some(inflight), |reg| reg.refuse(me, MsgType::InitRes, 0, &refusal));
             return;
         }
     };
     // Draw candidate sids outside the lock; a collision is astronomically rare.
     let mut candidates: Vec<u64> = (0..4).filter_map(|_| crypto::random_nonzero_u64().ok()).collect();
-    let followup = shared.with_registry(|reg| {
+    let followup = shared.with_registry_as(Some(inflight), |reg| {
         reg.init(me, name.to_string(), key, invitees, || {
             candidates.pop().unwrap_or_else(|| crypto::random_nonzero_u64().unwrap_or(1))
         })

@@ -369,7 +369,7 @@ pub fn parse_ack(payload: &[u8]) -> Option<u64> {
 }
 
 /// Every session, the closed sids, and an index from user to sessions.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Sessions {
     limits: Limits,
     sessions: HashMap<u64, Session>,
