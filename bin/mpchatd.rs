@@ -31,6 +31,7 @@ Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
   --backlog-messages N        unacknowledged messages per session [10000]
   --backlog-bytes N           unacknowledged envelope bytes per session [67108864]
   --compact-bytes N           journal size that triggers a snapshot [67108864]
+  --max-group N               requests stored with one fsync, 1 = no group commit [1024]
 See mpchatd(8).";
 
 const SERVE_OPTS: &[&str] = &[
@@ -48,6 +49,7 @@ const SERVE_OPTS: &[&str] = &[
     "--backlog-messages",
     "--backlog-bytes",
     "--compact-bytes",
+    "--max-group",
 ];
 
 enum Failure {
@@ -135,6 +137,7 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             "--backlog-messages" => config.limits.backlog_messages = positive(p, &name, v)?,
             "--backlog-bytes" => config.limits.backlog_bytes = positive(p, &name, v)?,
             "--compact-bytes" => config.compact_bytes = positive(p, &name, v)?,
+            "--max-group" => config.max_group = positive(p, &name, v)?,
             _ => unreachable!("cli::parse only returns listed options"),
         }
     }

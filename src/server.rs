@@ -62,8 +62,8 @@ pub const PRELOGIN_EVICT_AGE: Duration = Duration::from_secs(1);
 /// its reader waits, so a client sending faster than the disk stores is slowed down
 /// instead of growing the journal queue without bound.
 const MAX_INFLIGHT: usize = 256;
-/// Batches stored with one fsync, at most.
-const MAX_GROUP: usize = 1024;
+/// Default for the most requests' records stored with one fsync (group commit).
+pub const DEFAULT_MAX_GROUP: usize = 1024;
 /// Security warnings logged per second at most; the rest are counted.
 const WARNINGS_PER_SECOND: u32 = 20;
 
@@ -94,6 +94,9 @@ pub struct Config {
     pub limits: Limits,
     /// Journal size past which the state is compacted into a snapshot.
     pub compact_bytes: u64,
+    /// Requests whose records are stored with one fsync, at most (1 turns group
+    /// commit off, for measurements).
+    pub max_group: usize,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             queue_len: DEFAULT_QUEUE_LEN,
             limits: Limits::default(),
             compact_bytes: store::DEFAULT_COMPACT_BYTES,
+            max_group: DEFAULT_MAX_GROUP,
         }
     }
 }
@@ -488,7 +492,7 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
     let mut epoch = lock(&shared.registry).epoch();
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
-        while batches.len() < MAX_GROUP {
+        while batches.len() < shared.config.max_group {
             match rx.try_recv() {
                 Ok(b) => batches.push(b),
                 Err(_) => break,

@@ -159,6 +159,7 @@ fn finish_login(mut stream: TcpStream, expect: ExpectLoginRes) -> Result<Raw, Ve
         receiver,
     } = expect.finish(&reply).expect("a valid login_res");
     Ok(Raw {
+        name: String::new(),
         stream,
         sender,
         receiver,

@@ -65,7 +65,19 @@ impl Server {
 
     /// Starts a server on `state` with extra `args`.
     pub fn start_in(state: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mpchatd"))
+        Server::spawn(Command::new(env!("CARGO_BIN_EXE_mpchatd")), state, args)
+    }
+
+    /// Starts a server through `sh -c SCRIPT mpchatd ARGS...`, where the script ends
+    /// with `exec "$0" "$@"` (to set limits such as `ulimit -f` first).
+    pub fn start_wrapped(state: &Path, script: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).arg(env!("CARGO_BIN_EXE_mpchatd"));
+        Server::spawn(cmd, state, args)
+    }
+
+    fn spawn(mut cmd: Command, state: &Path, args: &[&str]) -> Server {
+        let mut child = cmd
             .arg("--state-dir")
             .arg(state)
             .args(["--listen", "127.0.0.1:0"])
@@ -301,6 +313,7 @@ fn now_ns() -> u64 {
 
 /// A protocol-level client built from the library, for frame-level tests.
 pub struct Raw {
+    pub name: String,
     pub stream: TcpStream,
     pub sender: mtp::Sender,
     pub receiver: mtp::Receiver,
@@ -316,13 +329,25 @@ impl Raw {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let reply = mtp::read_frame(&mut stream).expect("login_res");
         let Established { uid, sender, receiver } = expect.finish(&reply).unwrap();
-        Raw { stream, sender, receiver, uid }
+        Raw { name: user.to_string(), stream, sender, receiver, uid }
     }
 
     /// Seals and sends one frame with this user's uid in the header.
     pub fn send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) {
         let frame = self.sender.seal(typ, sid, self.uid, payload).unwrap();
         self.stream.write_all(&frame).unwrap();
+    }
+
+    /// Like [`Raw::send`], but reports a broken connection instead of panicking.
+    pub fn try_send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) -> std::io::Result<()> {
+        let frame = self.sender.seal(typ, sid, self.uid, payload).map_err(std::io::Error::other)?;
+        self.stream.write_all(&frame)
+    }
+
+    /// The next frame, or `None` if the connection ended or the read timed out.
+    pub fn try_recv(&mut self) -> Option<(Header, Vec<u8>)> {
+        let frame = mtp::read_frame(&mut self.stream).ok()?;
+        self.receiver.open(&frame).ok()
     }
 
     /// Receives and opens the next frame.
