@@ -416,6 +416,9 @@ impl Server {
                     continue;
                 }
             };
+            // The writer gathers what is queued into one write, so Nagle's algorithm
+            // would only add delayed-ACK stalls.
+            let _ = stream.set_nodelay(true);
             self.admit(Arc::new(stream));
         }
         Ok(())

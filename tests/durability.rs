@@ -9,42 +9,14 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{temp_dir, Raw, Server};
-use mpchat::crypto::RsaPrivate;
+use common::{key_line, session, temp_dir, text, Raw, Server};
 use mpchat::encoding::id_hex;
 use mpchat::mtp::MsgType;
 
-/// A valid public key line for init and accept (the server checks it is an RSA key;
-/// what is inside the envelopes does not matter to it).
-fn key_line() -> &'static str {
-    static KEY: OnceLock<String> = OnceLock::new();
-    KEY.get_or_init(|| RsaPrivate::generate(2048).unwrap().public().to_base64())
-}
-
-fn text(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
-}
-
-/// `a` creates a session with `others`, who all accept; returns its sid.
-fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
-    let names: Vec<String> = others.iter().map(|r| r.name.clone()).collect();
-    a.send(MsgType::InitReq, 0, format!("{}\n{}\n", key_line(), names.join("\n")).as_bytes());
-    let mut sid = 0;
-    for o in others.iter_mut() {
-        let (h, _) = o.recv_type(MsgType::InviteReq);
-        sid = h.sid;
-        o.send(MsgType::InviteRes, sid, format!("Accept\n{}", key_line()).as_bytes());
-    }
-    let (h, p) = a.recv_type(MsgType::InitRes);
-    assert_eq!(text(&p), "OK");
-    assert_eq!(h.sid, sid);
-    sid
-}
-
-/// Logs in, retrying while the server starts.
+/// Logs in with the password the tests give every account.
 fn login(server: &Server, user: &str) -> Raw {
     Raw::login(server, user, &format!("pw-{user}"))
 }

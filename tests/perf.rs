@@ -121,3 +121,49 @@ fn msg_to_recipient_latency_in_a_ten_member_session() {
         pct(&mut lat, 0.99)
     );
 }
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn durable_messages_per_second_with_and_without_group_commit() {
+    use common::{session, text, Raw, Server};
+    for (label, group) in [("group commit", "1024"), ("one fsync per request", "1")] {
+        let server = Server::start(&["--invite-wait", "1", "--max-group", group]);
+        let senders = 8;
+        let names: Vec<String> = (0..senders).map(|i| format!("d{i}")).collect();
+        for n in &names {
+            server.add_user(n, &format!("pw-{n}"));
+        }
+        let mut raws: Vec<Raw> = names.iter().map(|n| Raw::login(&server, n, &format!("pw-{n}"))).collect();
+        let (first, rest) = raws.split_at_mut(1);
+        let mut others: Vec<&mut Raw> = rest.iter_mut().collect();
+        let sid = session(&mut first[0], &mut others);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Every member sends and acknowledges, so the backlog stays small.
+        let handles: Vec<_> = raws
+            .into_iter()
+            .map(|mut r| {
+                std::thread::spawn(move || {
+                    let mut ok = 0u64;
+                    while Instant::now() < deadline {
+                        r.send(MsgType::MsgReq, sid, &[0x42; 100]);
+                        loop {
+                            let (h, p) = r.recv();
+                            if h.typ == MsgType::MsgRes {
+                                assert!(text(&p).starts_with("OK "), "{}", text(&p));
+                                ok += 1;
+                                break;
+                            }
+                            if h.typ == MsgType::MsgReq {
+                                let n = u64::from_be_bytes(p[..8].try_into().unwrap());
+                                r.send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
+                            }
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        println!("{label}: {senders} concurrent senders, {:.0} acknowledged messages/s", total as f64 / 5.0);
+    }
+}

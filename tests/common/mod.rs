@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mpchat::crypto::RsaPublic;
+use mpchat::crypto::{RsaPrivate, RsaPublic};
 use mpchat::login::{ClientLogin, Established};
 use mpchat::mtp::{self, Header, MsgType};
 
@@ -403,4 +403,31 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// A valid public key line for init and accept (the server checks it is an RSA key;
+/// what is inside the envelopes does not matter to it).
+pub fn key_line() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| RsaPrivate::generate(2048).unwrap().public().to_base64())
+}
+
+pub fn text(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+/// `a` creates a session with `others`, who all accept; returns its sid.
+pub fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
+    let names: Vec<String> = others.iter().map(|r| r.name.clone()).collect();
+    a.send(MsgType::InitReq, 0, format!("{}\n{}\n", key_line(), names.join("\n")).as_bytes());
+    let mut sid = 0;
+    for o in others.iter_mut() {
+        let (h, _) = o.recv_type(MsgType::InviteReq);
+        sid = h.sid;
+        o.send(MsgType::InviteRes, sid, format!("Accept\n{}", key_line()).as_bytes());
+    }
+    let (h, p) = a.recv_type(MsgType::InitRes);
+    assert_eq!(text(&p), "OK");
+    assert_eq!(h.sid, sid);
+    sid
 }
