@@ -154,28 +154,8 @@ fn a_killed_client_gets_its_unacknowledged_messages_once_after_restart() {
 #[test]
 fn every_member_of_a_fifty_member_session_receives_every_message() {
     let server = Server::start(&["--invite-wait", "30"]);
-    let names: Vec<String> = (0..50).map(|i| format!("u{i:02}")).collect();
+    let (mut clients, names, sid) = common::group(&server, "u", 50);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let u = users(&server, &refs);
-    let mut clients: Vec<Client> = u.iter().map(|user| Client::start(&server, user)).collect();
-    for c in clients.iter_mut() {
-        c.send("/status");
-        c.expect("status none");
-    }
-    clients[0].send(&format!("/init {}", refs[1..].join(" ")));
-    let mut sid = String::new();
-    for c in clients[1..].iter_mut() {
-        sid = sid_of(&c.expect("invite "));
-        c.send(&format!("/accept {sid}"));
-    }
-    assert_eq!(clients[0].expect("init "), format!("init {sid} ok"));
-    // Everyone must know everyone's key before sending: wait for the full status.
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send(&format!("/status {sid}"));
-        let last = format!("status {sid} {} ", refs[49]);
-        let _ = i;
-        c.expect_where("the last member accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
-    }
     let senders = [0usize, 17, 49];
     for &s in &senders {
         clients[s].send(&format!("/msg {sid} hello from {}", refs[s]));

@@ -86,33 +86,13 @@ fn login_server_side_cost() {
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn msg_to_recipient_latency_in_a_ten_member_session() {
-    use common::{sid_of, users, Client, Server};
-    let server = Server::start(&["--invite-wait", "30"]);
-    let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let u = users(&server, &refs);
-    let mut clients: Vec<Client> = u.iter().map(|user| Client::start(&server, user)).collect();
-    for c in clients.iter_mut() {
-        c.send("/status");
-        c.expect("status none");
-    }
-    clients[0].send(&format!("/init {}", refs[1..].join(" ")));
-    let mut sid = String::new();
-    for c in clients[1..].iter_mut() {
-        sid = sid_of(&c.expect("invite "));
-        c.send(&format!("/accept {sid}"));
-    }
-    clients[0].expect("init ");
-    for c in clients.iter_mut() {
-        c.send(&format!("/status {sid}"));
-        let last = format!("status {sid} m9 ");
-        c.expect_where("all accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
-    }
+    let server = common::Server::start(&["--invite-wait", "30"]);
+    let (mut clients, _, sid) = common::group(&server, "m", 10);
     let mut lat = Vec::new();
     for i in 0..200 {
         let t = Instant::now();
         clients[0].send(&format!("/msg {sid} ping {i}"));
-        clients[5].expect(&format!("msg {sid} m0 ping {i}"));
+        clients[5].expect(&format!("msg {sid} m00 ping {i}"));
         lat.push(t.elapsed());
     }
     println!(

@@ -431,3 +431,30 @@ pub fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
     assert_eq!(h.sid, sid);
     sid
 }
+
+/// Starts `n` clients named `{prefix}{i:02}`, the first creating a session with all the
+/// others, who accept; returns once every client's status shows every member accepted
+/// (so everyone knows everyone's key). Returns the clients, their names and the sid.
+pub fn group(server: &Server, prefix: &str, n: usize) -> (Vec<Client>, Vec<String>, String) {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let u = users(server, &refs);
+    let mut clients: Vec<Client> = u.iter().map(|user| Client::start(server, user)).collect();
+    for c in clients.iter_mut() {
+        c.send("/status");
+        c.expect("status none");
+    }
+    clients[0].send(&format!("/init {}", refs[1..].join(" ")));
+    let mut sid = String::new();
+    for c in clients[1..].iter_mut() {
+        sid = sid_of(&c.expect("invite "));
+        c.send(&format!("/accept {sid}"));
+    }
+    assert_eq!(clients[0].expect("init "), format!("init {sid} ok"));
+    let last = format!("status {sid} {} ", names[n - 1]);
+    for c in clients.iter_mut() {
+        c.send(&format!("/status {sid}"));
+        c.expect_where("the last member accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
+    }
+    (clients, names, sid)
+}
