@@ -26,7 +26,7 @@ Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
   --invite-wait SECS          wait for online invitees before init_res [30]
   --heartbeat SECS            idle time before a heartbeat [60]
   --heartbeat-timeout SECS    time to answer a heartbeat [30]
-  --queue-len N               frames queued per connection [1024]
+  --queue-len N               frames queued per connection [256]
   --max-participants N        per session, creator included [100]
   --backlog-messages N        unacknowledged messages per session [10000]
   --backlog-bytes N           unacknowledged envelope bytes per session [67108864]

@@ -16,22 +16,35 @@ use std::sync::Arc;
 use crate::mtp::MsgType;
 use crate::session::{Answer, InviteAnswer, Record, Refusal, Sessions};
 
-/// Something for a connection's writer thread to do.
+/// Something for a connection's writer thread to do. Small (a pointer and a tag), so
+/// a queue of them costs little per connection: the channel allocates its slots up
+/// front.
 #[derive(Debug)]
 pub enum Out {
     /// Seal and send one frame.
-    Frame {
-        /// Message type.
-        typ: MsgType,
-        /// Header sid.
-        sid: u64,
-        /// Header uid (0 when the server speaks, else the user it speaks for).
-        uid: u64,
-        /// Plaintext payload.
-        payload: Vec<u8>,
-    },
+    Frame(Box<OutFrame>),
     /// New stored messages may be waiting: pull them from the store.
     Wake,
+}
+
+/// One frame to seal and send.
+#[derive(Debug)]
+pub struct OutFrame {
+    /// Message type.
+    pub typ: MsgType,
+    /// Header sid.
+    pub sid: u64,
+    /// Header uid (0 when the server speaks, else the user it speaks for).
+    pub uid: u64,
+    /// Plaintext payload.
+    pub payload: Vec<u8>,
+}
+
+impl Out {
+    /// A frame to send.
+    pub fn frame(typ: MsgType, sid: u64, uid: u64, payload: impl Into<Vec<u8>>) -> Out {
+        Out::Frame(Box::new(OutFrame { typ, sid, uid, payload: payload.into() }))
+    }
 }
 
 /// An online user's connection as the registry sees it.
@@ -225,7 +238,7 @@ impl Registry {
             .iter()
             .map(|f| {
                 let payload = format!("error: {reason}").into_bytes();
-                Effect::Reply(f.to, Out::Frame { typ: f.typ, sid: f.sid, uid: 0, payload })
+                Effect::Reply(f.to, Out::frame(f.typ, f.sid, 0, payload))
             })
             .collect();
         self.carry_out(effects);
@@ -261,7 +274,7 @@ impl Registry {
     /// Queues a reply for the connection a request came on (dropped if that
     /// connection has since been replaced).
     fn reply(&mut self, to: Requester, typ: MsgType, sid: u64, payload: impl Into<Vec<u8>>) {
-        self.pending.effects.push(Effect::Reply(to, Out::Frame { typ, sid, uid: 0, payload: payload.into() }));
+        self.pending.effects.push(Effect::Reply(to, Out::frame(typ, sid, 0, payload)));
     }
 
     /// Registers the error reply `to` gets if this request's records are not stored.
@@ -288,7 +301,7 @@ impl Registry {
             .map(|s| (s.sid, s.creator))
             .collect();
         for (sid, creator) in invites {
-            self.send(uid, Out::Frame { typ: MsgType::InviteReq, sid, uid: creator, payload: Vec::new() });
+            self.send(uid, Out::frame(MsgType::InviteReq, sid, creator, Vec::new()));
         }
         self.wake(uid);
     }
@@ -309,7 +322,7 @@ impl Registry {
         let payload = s.status_payload(|uid| self.online.contains_key(&uid)).into_bytes();
         let to: Vec<u64> = s.accepted().map(|p| p.uid).filter(|u| self.online.contains_key(u)).collect();
         for uid in to {
-            self.send(uid, Out::Frame { typ: MsgType::StatusRes, sid, uid: 0, payload: payload.clone() });
+            self.send(uid, Out::frame(MsgType::StatusRes, sid, 0, payload.clone()));
         }
     }
 
@@ -322,7 +335,7 @@ impl Registry {
         }
         let creator = s.creator;
         self.commit(Record::Live { sid });
-        self.send(creator, Out::Frame { typ: MsgType::InitRes, sid, uid: 0, payload: b"OK".to_vec() });
+        self.send(creator, Out::frame(MsgType::InitRes, sid, 0, b"OK".to_vec()));
         self.push_status(sid);
     }
 
@@ -351,7 +364,7 @@ impl Registry {
         self.on_failure(from, MsgType::InitRes, 0);
         let online: HashSet<u64> = invitees.iter().map(|(u, _)| *u).filter(|u| self.online.contains_key(u)).collect();
         for uid in &online {
-            self.send(*uid, Out::Frame { typ: MsgType::InviteReq, sid, uid: from.uid, payload: Vec::new() });
+            self.send(*uid, Out::frame(MsgType::InviteReq, sid, from.uid, Vec::new()));
         }
         if online.is_empty() {
             self.go_live(sid);
@@ -446,7 +459,7 @@ impl Registry {
         self.waiting.remove(&sid);
         self.reply(from, MsgType::CloseRes, sid, "OK");
         for uid in notify {
-            self.send(uid, Out::Frame { typ: MsgType::CloseReq, sid, uid: from.uid, payload: Vec::new() });
+            self.send(uid, Out::frame(MsgType::CloseReq, sid, from.uid, Vec::new()));
         }
     }
 

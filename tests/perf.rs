@@ -147,3 +147,42 @@ fn durable_messages_per_second_with_and_without_group_commit() {
         println!("{label}: {senders} concurrent senders, {:.0} acknowledged messages/s", total as f64 / 5.0);
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn server_rss_per_idle_logged_in_connection() {
+    use common::{Raw, Server};
+    let n: usize = std::env::var("MPCHAT_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let server = Server::start(&[]);
+    server.add_user("idle", "pw-idle");
+    // Warm up (first login allocates lazily initialised state), then measure.
+    let warm = Raw::login(&server, "idle", "pw-idle");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(server.pid());
+    let names: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
+    for name in &names {
+        server.add_user(name, "pw");
+    }
+    let conns: Vec<Raw> = names.iter().map(|name| Raw::login(&server, name, "pw")).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(server.pid());
+    if let Ok(script) = std::env::var("MPCHAT_SMAPS") {
+        let out = std::process::Command::new("python3").arg(script).arg(server.pid().to_string()).output().unwrap();
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    println!(
+        "{n} idle logged-in connections: RSS {before} KiB -> {after} KiB, {:.1} KiB per connection",
+        (after - before) as f64 / n as f64
+    );
+    drop(conns);
+}
