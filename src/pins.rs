@@ -190,7 +190,7 @@ fn config_dir_from(
 /// key (show its fingerprint) and the private key's path. Refuses to overwrite an
 /// existing key: peers have pinned it, and replacing it makes them all see a changed key.
 pub fn keygen(config_dir: &Path, bits: usize) -> Result<(RsaPublic, PathBuf), PinError> {
-    if !(crypto::MIN_USER_KEY_BITS..=crypto::MAX_USER_KEY_BITS).contains(&bits) || bits % 8 != 0 {
+    if !(crypto::MIN_USER_KEY_BITS..=crypto::MAX_USER_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
         return Err(PinError::BadKeyBits(bits));
     }
     let private_path = config_dir.join(KEY_FILE);

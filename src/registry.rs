@@ -100,6 +100,9 @@ pub struct Pending {
     pub on_failure: Vec<FailureReply>,
 }
 
+/// A stored message to deliver: `(n, author, envelope)`.
+pub type Delivery = (u64, u64, Arc<[u8]>);
+
 /// Who sent a request: the user and the connection it came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester {
@@ -489,7 +492,7 @@ impl Registry {
     /// Stored messages for `uid` in `sid` after `after`, at most `max`, as
     /// `(n, author, envelope)`; `None` if `uid` is not an accepted participant of a
     /// live session there. Used by writer threads to pull deliveries.
-    pub fn pending_for(&self, uid: u64, sid: u64, after: u64, max: usize) -> Option<Vec<(u64, u64, Arc<[u8]>)>> {
+    pub fn pending_for(&self, uid: u64, sid: u64, after: u64, max: usize) -> Option<Vec<Delivery>> {
         let s = self.sessions.get(sid)?;
         if !s.live || s.participant(uid)?.answer != Answer::Accepted {
             return None;

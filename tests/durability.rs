@@ -42,7 +42,8 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
     // n -> envelope, for every message whose sender saw `OK <n>`.
     let acked: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
     // n -> envelope, as first received by each recipient.
-    let received: Arc<Mutex<HashMap<String, BTreeMap<u64, Vec<u8>>>>> = Arc::default();
+    type ByNumber = BTreeMap<u64, Vec<u8>>;
+    let received: Arc<Mutex<HashMap<String, ByNumber>>> = Arc::default();
     let rounds = 20;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..rounds {

@@ -141,8 +141,10 @@ struct Target {
     /// The largest single allocation a case may make.
     max_alloc: usize,
     seeds: Vec<Vec<u8>>,
-    run: Box<dyn Fn(&[u8])>,
+    run: Parser,
 }
+
+type Parser = Box<dyn Fn(&[u8])>;
 
 fn server_key() -> &'static RsaPrivate {
     static KEY: OnceLock<RsaPrivate> = OnceLock::new();
