@@ -63,9 +63,45 @@ fn three_clients_run_a_whole_session_lifecycle() {
     }
     // Server blindness: no plaintext in the log or the state directory.
     let log = server.log();
+    let mut state = Vec::new();
+    for entry in std::fs::read_dir(&server.state).unwrap().flatten() {
+        state.extend(std::fs::read(entry.path()).unwrap_or_default());
+    }
+    assert!(state.len() > 1000, "the state directory holds the journal");
     for secret in ["hello bob", "hi alice", "too late", "pw-alice-secret"] {
         assert!(!log.contains(secret), "the server log holds {secret:?}");
+        assert!(!state.windows(secret.len()).any(|w| w == secret.as_bytes()), "the state holds {secret:?}");
     }
+}
+
+#[test]
+fn a_client_reconnects_after_the_server_restarts_and_carries_on() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let state = common::temp_dir("reconnect");
+    let mut server = Server::start_in(&state, &["--listen", &listen, "--invite-wait", "5"]);
+    let u = users(&server, &["alice", "bob"]);
+    let mut alice = Client::start(&server, &u[0]);
+    let mut bob = Client::start(&server, &u[1]);
+    bob.send("/status");
+    bob.expect("status none");
+    alice.send("/init bob");
+    let sid = sid_of(&bob.expect("invite "));
+    bob.send(&format!("/accept {sid}"));
+    alice.expect("init ");
+    alice.send(&format!("/msg {sid} before"));
+    assert_eq!(alice.expect("sent "), format!("sent {sid} 1"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice before"));
+
+    server.kill();
+    alice.expect("error connection ");
+    bob.expect("error connection ");
+    let _server = Server::start_in(&state, &["--listen", &listen, "--invite-wait", "5"]);
+    alice.expect("connected");
+    bob.expect("connected");
+    alice.send(&format!("/msg {sid} after"));
+    assert_eq!(alice.expect("sent "), format!("sent {sid} 2"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice after"));
 }
 
 #[test]
