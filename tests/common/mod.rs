@@ -457,4 +457,82 @@ pub fn group(server: &Server, prefix: &str, n: usize) -> (Vec<Client>, Vec<Strin
         c.expect_where("the last member accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
     }
     (clients, names, sid)
+
+// Appended for tests/hostile.rs; general helpers for any test that watches the server
+// process or needs many accounts.
+
+impl Server {
+    /// The server's resident memory in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line in /proc/<pid>/status")
+    }
+
+    /// The server's thread count and open file descriptor count, from `/proc`.
+    pub fn threads_and_fds(&self) -> (usize, usize) {
+        let dir = PathBuf::from(format!("/proc/{}", self.pid()));
+        let count = |sub: &str| std::fs::read_dir(dir.join(sub)).unwrap().count();
+        (count("task"), count("fd"))
+    }
+
+    /// Adds accounts `names`, all with `password` at [`TEST_ITERATIONS`], in one
+    /// rewrite of the users file: `add_user` rewrites the whole file per account, which
+    /// is quadratic for thousands of accounts. The accounts share one hash and salt,
+    /// which is fine for tests. Returns their uids, in the order of `names`.
+    pub fn add_users_at_once(&self, names: &[String], password: &str) -> Vec<u64> {
+        use mpchat::accounts::{parse_users, Account, Accounts, PasswordHash, USERS_FILE};
+        let path = self.state.join(USERS_FILE);
+        let mut accounts = match std::fs::read_to_string(&path) {
+            Ok(text) => parse_users(&text).unwrap(),
+            Err(_) => Accounts::new(),
+        };
+        let hash = PasswordHash::new(password, TEST_ITERATIONS).unwrap();
+        let uids: Vec<u64> = names
+            .iter()
+            .map(|name| {
+                let uid = mpchat::crypto::random_nonzero_u64().unwrap();
+                let account = Account {
+                    name: name.clone(),
+                    uid,
+                    hash: hash.clone(),
+                };
+                accounts.insert(account).unwrap();
+                uid
+            })
+            .collect();
+        mpchat::fsutil::atomic_write(&path, accounts.to_text().as_bytes(), 0o600).unwrap();
+        uids
+    }
+}
+
+/// Raises the open-file limit, soft and hard, of process `pid` to `n` with
+/// `prlimit(1)` (raising a hard limit needs root or CAP_SYS_RESOURCE). `Err` carries
+/// what prlimit said.
+pub fn raise_fd_limit(pid: u32, n: u64) -> Result<(), String> {
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={n}:{n}"))
+        .output()
+        .map_err(|e| format!("cannot run prlimit: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The open-file soft limit of process `pid`, from `/proc/<pid>/limits`.
+pub fn fd_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("a Max open files line in /proc/<pid>/limits")
 }
