@@ -457,6 +457,7 @@ pub fn group(server: &Server, prefix: &str, n: usize) -> (Vec<Client>, Vec<Strin
         c.expect_where("the last member accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
     }
     (clients, names, sid)
+}
 
 // Appended for tests/hostile.rs; general helpers for any test that watches the server
 // process or needs many accounts.
