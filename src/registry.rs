@@ -291,22 +291,24 @@ impl Registry {
     }
 
     /// Registers a freshly logged-in connection. A previous connection of the same user
-    /// is replaced and doomed. Unanswered invitations are sent again and stored
-    /// messages are offered for redelivery.
+    /// is replaced and doomed. Its writer is woken to pull unanswered invitations and
+    /// stored messages: pulled, not queued, so however many are waiting they are paced
+    /// by the socket and can never overflow the new connection's queue.
     pub fn login(&mut self, uid: u64, conn: Conn) {
         if let Some(old) = self.online.insert(uid, conn) {
             self.doomed.push(old);
         }
-        let invites: Vec<(u64, u64)> = self
-            .sessions
+        self.wake(uid);
+    }
+
+    /// Sessions to which `uid` is invited and has not answered, as `(sid, creator)`, in
+    /// sid order. Writer threads pull invitations from here.
+    pub fn pending_invites(&self, uid: u64) -> Vec<(u64, u64)> {
+        self.sessions
             .sessions_of(uid)
             .filter(|s| s.participant(uid).is_some_and(|p| p.answer == Answer::Invited))
             .map(|s| (s.sid, s.creator))
-            .collect();
-        for (sid, creator) in invites {
-            self.send(uid, Out::frame(MsgType::InviteReq, sid, creator, Vec::new()));
-        }
-        self.wake(uid);
+            .collect()
     }
 
     /// Unregisters connection `conn` of `uid`, unless it was already replaced.
@@ -367,7 +369,7 @@ impl Registry {
         self.on_failure(from, MsgType::InitRes, 0);
         let online: HashSet<u64> = invitees.iter().map(|(u, _)| *u).filter(|u| self.online.contains_key(u)).collect();
         for uid in &online {
-            self.send(*uid, Out::frame(MsgType::InviteReq, sid, from.uid, Vec::new()));
+            self.wake(*uid);
         }
         if online.is_empty() {
             self.go_live(sid);

@@ -8,7 +8,7 @@
 //! connection's writer thread, which owns the outgoing MTP state.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -879,6 +879,7 @@ fn writer(
 ) {
     let mut buf = login_res;
     let mut cursors: HashMap<u64, u64> = HashMap::new();
+    let mut invited: HashSet<u64> = HashSet::new();
     let result = (|| -> io::Result<()> {
         (&*stream).write_all(&buf)?;
         buf.clear();
@@ -892,7 +893,7 @@ fn writer(
                     }
                     Out::Wake => {
                         wake.store(false, Ordering::Release);
-                        deliver(shared, &stream, &mut sender, &mut buf, &mut cursors, uid)?;
+                        deliver(shared, &stream, &mut sender, &mut buf, &mut cursors, &mut invited, uid)?;
                     }
                 }
                 if buf.len() >= WRITE_BUFFER {
@@ -912,17 +913,33 @@ fn writer(
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Sends every stored message the user has not been sent yet on this connection, in
-/// `n` order per session, a batch per lock acquisition, so a large backlog is paced by
-/// the socket rather than queued.
+/// Sends the invitations and stored messages the user has not been sent yet on this
+/// connection: invitations once each, messages in `n` order per session, a batch per
+/// lock acquisition, so a large backlog is paced by the socket rather than queued.
+#[allow(clippy::too_many_arguments)] // the writer's state, passed apart to borrow it apart
 fn deliver(
     shared: &Shared,
     stream: &TcpStream,
     sender: &mut mtp::Sender,
     buf: &mut Vec<u8>,
     cursors: &mut HashMap<u64, u64>,
+    invited: &mut HashSet<u64>,
     uid: u64,
 ) -> io::Result<()> {
+    // Unanswered invitations first, each once per connection.
+    let invites: Vec<(u64, u64)> = lock(&shared.registry)
+        .pending_invites(uid)
+        .into_iter()
+        .filter(|(sid, _)| !invited.contains(sid))
+        .collect();
+    for (sid, creator) in invites {
+        invited.insert(sid);
+        buf.extend_from_slice(&sender.seal(MsgType::InviteReq, sid, creator, &[]).map_err(io::Error::other)?);
+        if buf.len() >= WRITE_BUFFER {
+            (&*stream).write_all(buf)?;
+            buf.clear();
+        }
+    }
     loop {
         let mut batch = Vec::new();
         {
