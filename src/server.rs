@@ -66,6 +66,41 @@ pub const PRELOGIN_EVICT_AGE: Duration = Duration::from_secs(1);
 const MAX_INFLIGHT: usize = 256;
 /// Default for the most requests' records stored with one fsync (group commit).
 pub const DEFAULT_MAX_GROUP: usize = 1024;
+/// Memory mappings a logged-in connection costs: two threads, each with a stack, its
+/// guard page, a signal stack and its guard page.
+pub const MAPS_PER_CONNECTION: usize = 8;
+/// Memory mappings a login thread costs while it runs.
+const MAPS_PER_LOGIN: usize = 4;
+/// Memory mappings left for everything else (allocator arenas, files, libraries).
+const MAPS_RESERVE: usize = 2048;
+
+/// The most connections `vm.max_map_count` allows, given the mappings in use now.
+/// Past that limit a new thread cannot map its signal stack and the Rust runtime
+/// aborts the whole process, so the server lowers `--max-connections` to this instead
+/// (and says so): a refused connection rather than every user dropped.
+pub fn connection_capacity(max_map_count: usize, maps_now: usize, max_prelogin: usize) -> usize {
+    max_map_count.saturating_sub(maps_now + MAPS_RESERVE + max_prelogin * MAPS_PER_LOGIN) / MAPS_PER_CONNECTION
+}
+
+/// Lowers `config.max_connections` to what this kernel's `vm.max_map_count` allows.
+fn fit_connections_to_map_count(config: &mut Config) {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let Some(max_maps) = read("/proc/sys/vm/max_map_count").and_then(|s| s.trim().parse::<usize>().ok()) else {
+        return;
+    };
+    let maps_now = read("/proc/self/maps").map_or(0, |s| s.lines().count());
+    let capacity = connection_capacity(max_maps, maps_now, config.max_prelogin);
+    if config.max_connections > capacity {
+        log::warn!(
+            "vm.max_map_count is {max_maps}, enough for about {capacity} connections: serving at most {capacity} \
+             instead of {}; raise it (sysctl vm.max_map_count={}) to serve more",
+            config.max_connections,
+            (config.max_connections * MAPS_PER_CONNECTION + maps_now + MAPS_RESERVE) * 2
+        );
+        config.max_connections = capacity.max(1);
+    }
+}
+
 /// Security warnings logged per second at most; the rest are counted.
 const WARNINGS_PER_SECOND: u32 = 20;
 
@@ -318,7 +353,8 @@ pub struct Server {
 
 impl Server {
     /// Loads or creates the state (key, accounts) and binds the listen address.
-    pub fn bind(config: Config) -> Result<Server, StartError> {
+    pub fn bind(mut config: Config) -> Result<Server, StartError> {
+        fit_connections_to_map_count(&mut config);
         let (key, created) = load_server_key(&config.state_dir)?;
         let fp = key.public().fingerprint();
         if created {
@@ -967,5 +1003,17 @@ fn deliver(
             }
             cursors.insert(sid, n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_capacity_leaves_room_for_logins_and_everything_else() {
+        assert_eq!(connection_capacity(65_530, 100, 64), (65_530 - 100 - 2048 - 256) / 8);
+        assert_eq!(connection_capacity(1_000, 100, 64), 0);
+        assert!(connection_capacity(1 << 20, 100, 64) > DEFAULT_MAX_CONNECTIONS);
     }
 }

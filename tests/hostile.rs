@@ -582,15 +582,43 @@ fn thousands_of_idle_logged_in_connections_leave_the_server_serving() {
 }
 
 #[test]
-#[ignore = "bug: mpchatd aborts at about 8,180 logged-in connections, under its own default \
-            --max-connections of 10,000: each connection's two threads take four memory mappings \
-            each (stack, guard page, signal stack, its guard page), so the kernel's default \
-            vm.max_map_count of 65,530 runs out, and std's thread start, failing to map the \
-            signal stack's guard page, panics where it cannot unwind and aborts the process, \
-            dropping every user (log: failed to set up alternative stack guard page: Cannot \
-            allocate memory)"]
+#[ignore = "needs vm.max_map_count of about 90,000 (8 mappings a connection); machines of this \
+            kind have 65,530, with which mpchatd now serves about 7,900 and says so at start \
+            (see more_connections_than_the_map_count_allows_are_refused_not_fatal)"]
 fn ten_thousand_idle_logged_in_connections_leave_the_server_serving() {
     idle_connections_leave_the_server_serving(10_000);
+}
+
+#[test]
+fn more_connections_than_the_map_count_allows_are_refused_not_fatal() {
+    // A huge pre-login table leaves room for few logged-in connections under this
+    // machine's vm.max_map_count, so the limit is reached in seconds rather than after
+    // thousands of logins.
+    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap().trim().parse().unwrap();
+    let prelogin = (max_maps.saturating_sub(4_000) / 4).max(1);
+    let server = Server::start(&["--max-pending-logins", &prelogin.to_string()]);
+    let capacity = mpchat::server::connection_capacity(max_maps, mappings(server.pid()), prelogin);
+    assert!(capacity < 1_000, "this test wants a small capacity, got {capacity}");
+    assert!(server.log().contains("vm.max_map_count"), "{}", server.log());
+    let names: Vec<String> = (0..capacity + 20).map(|i| format!("m{i}")).collect();
+    server.add_users_at_once(&names, PW);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for name in &names {
+        match Raw::try_login(&server, name, PW) {
+            Some(raw) => held.push(raw),
+            None => refused += 1,
+        }
+    }
+    assert!(refused > 0, "every one of {} logins was served", names.len());
+    assert!(held.len() <= capacity + 1, "{} served over a capacity of {capacity}", held.len());
+    let mut server = server;
+    assert!(server.is_running(), "the server died: {}", server.log());
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = Raw::login(&server, &names[0], PW);
+    again.send(MsgType::StatusReq, 0, b"");
+    assert_eq!(text(&again.recv_type(MsgType::StatusRes).1), "OK\n");
 }
 
 /// Memory mappings of process `pid` (each thread costs some; the kernel caps them at

@@ -332,6 +332,17 @@ impl Raw {
         Raw { name: user.to_string(), stream, sender, receiver, uid }
     }
 
+    /// Connects and logs in; `None` if the server closes the connection instead.
+    pub fn try_login(server: &Server, user: &str, password: &str) -> Option<Raw> {
+        let mut stream = TcpStream::connect(server.addr).ok()?;
+        let (frame, expect) = ClientLogin::start(&server.public_key(), user, password, now_ns()).ok()?;
+        stream.write_all(&frame).ok()?;
+        stream.set_read_timeout(Some(WAIT)).ok()?;
+        let reply = mtp::read_frame(&mut stream).ok()?;
+        let Established { uid, sender, receiver } = expect.finish(&reply).ok()?;
+        Some(Raw { name: user.to_string(), stream, sender, receiver, uid })
+    }
+
     /// Seals and sends one frame with this user's uid in the header.
     pub fn send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) {
         let frame = self.sender.seal(typ, sid, self.uid, payload).unwrap();
