@@ -657,7 +657,7 @@ fn now_ns() -> u64 {
 
 /// Runs the login; on success returns the username, the login_res frame and the
 /// established keys. Every failure closes the connection with no reply.
-fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<(String, Vec<u8>, login::Established)> {
+fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr, id: u64) -> Option<(String, Vec<u8>, login::Established)> {
     let deadline = Instant::now() + shared.config.login_grace;
     let frame = match mtp::read_frame(&mut DeadlineReader { stream, deadline }) {
         Ok(f) => f,
@@ -696,6 +696,12 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<(Strin
     let accounts = shared.users.current();
     let uid = {
         let _permit = shared.gate.acquire();
+        // A connection evicted from the pre-login table while it waited here gets no
+        // answer anyway: spend the PBKDF2 work on one that still can.
+        if !lock(&shared.prelogin).contains_key(&id) {
+            log::info!("{peer}: closed while waiting for its password check");
+            return None;
+        }
         accounts.check_password(check.username(), check.password())
     };
     let Some(uid) = uid else {
@@ -720,7 +726,7 @@ fn connection(
     prelogin: PreloginGuard<'_>,
     total: TotalGuard,
 ) {
-    let Some((name, login_res, est)) = login(shared, &stream, peer) else {
+    let Some((name, login_res, est)) = login(shared, &stream, peer, id) else {
         let _ = stream.shutdown(Shutdown::Both);
         return;
     };
