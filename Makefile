@@ -1,13 +1,18 @@
 # mpchat: build, test, run and install.  GNU make.
 #
 #   make              release build of mpchatd and mpchat (cargo build --release --locked)
-#   make test         every cargo test, then the man page lint
+#   make test         every cargo test, the man page lint, then make demo
 #   make run          the server on 0.0.0.0:5150 with its state in ./state
-#   make install      copy the built binaries and the man pages; never builds
+#   make demo         a scripted three-person chat on a free loopback port (debug build)
+#   make install      copy the built binaries, the man pages and the systemd unit;
+#                     never builds
 #   make uninstall    remove what install copied
 #
 # mpchatd goes to SBINDIR, like sshd: it is a daemon and an administrator's tool
-# (mpchatd useradd), not something users run.  mpchat goes to BINDIR.
+# (mpchatd useradd), not something users run.  mpchat goes to BINDIR.  The systemd
+# unit goes to SYSTEMDDIR, by default $(PREFIX)/lib/systemd/system, which systemd
+# reads for PREFIX=/usr/local and PREFIX=/usr alike; its ExecStart= is given the
+# installed path of mpchatd (SBINDIR, without DESTDIR).
 #
 # install does not build, so `sudo make install` after `make` leaves no root-owned
 # files in target/.  Stage an install without root with `make install DESTDIR=/tmp/stage`.
@@ -16,13 +21,18 @@ PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR  ?= $(PREFIX)/share/man
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DESTDIR ?=
 
 CARGO   ?= cargo
 INSTALL ?= install
 
-# Where cargo puts release binaries; follows CARGO_TARGET_DIR when it is set.
-RELEASE_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)/release
+# Where cargo puts its binaries; follows CARGO_TARGET_DIR when it is set.  install
+# copies from RELEASE_DIR (tests/install.rs points it at the debug build); demo runs
+# DEBUG_DIR's.
+TARGET_DIR  ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+RELEASE_DIR ?= $(TARGET_DIR)/release
+DEBUG_DIR   ?= $(TARGET_DIR)/debug
 
 # make run: the state directory inside the checkout (ignored by git) and the address.
 RUN_STATE_DIR ?= $(CURDIR)/state
@@ -31,8 +41,9 @@ RUN_LISTEN    ?= 0.0.0.0:5150
 MAN8 = man/mpchatd.8
 MAN1 = man/mpchat.1
 MAN7 = man/mpchat-protocol.7
+UNIT = bin/mpchatd.service
 
-.PHONY: all test run install uninstall clean lint-man
+.PHONY: all test run demo install uninstall clean lint-man
 
 all:
 	$(CARGO) build --release --locked
@@ -40,9 +51,15 @@ all:
 test:
 	$(CARGO) test --locked
 	@$(MAKE) --no-print-directory lint-man
+	@$(MAKE) --no-print-directory demo
 
 run:
 	$(CARGO) run --release --locked --bin mpchatd -- --state-dir '$(RUN_STATE_DIR)' --listen $(RUN_LISTEN)
+
+# The debug build: quick to make, and the one cargo test has built already.
+demo:
+	$(CARGO) build --locked
+	@bash tests/demo.sh '$(DEBUG_DIR)'
 
 lint-man:
 	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7)
@@ -56,16 +73,23 @@ install:
 	done
 	$(INSTALL) -d -m 755 '$(DESTDIR)$(SBINDIR)' '$(DESTDIR)$(BINDIR)'
 	$(INSTALL) -d -m 755 '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man1' '$(DESTDIR)$(MANDIR)/man7'
+	$(INSTALL) -d -m 755 '$(DESTDIR)$(SYSTEMDDIR)'
 	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchatd' '$(DESTDIR)$(SBINDIR)/mpchatd'
 	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchat' '$(DESTDIR)$(BINDIR)/mpchat'
 	$(INSTALL) -m 644 $(MAN8) '$(DESTDIR)$(MANDIR)/man8/mpchatd.8'
 	$(INSTALL) -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/mpchat.1'
 	$(INSTALL) -m 644 $(MAN7) '$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
+	@echo "sed 's|@SBINDIR@|$(SBINDIR)|g' $(UNIT) | install -m 644 to $(DESTDIR)$(SYSTEMDDIR)/mpchatd.service"
+	@tmp=$$(mktemp) && \
+	sed 's|@SBINDIR@|$(SBINDIR)|g' $(UNIT) >"$$tmp" && \
+	$(INSTALL) -m 644 "$$tmp" '$(DESTDIR)$(SYSTEMDDIR)/mpchatd.service'; \
+	status=$$?; rm -f "$$tmp"; exit $$status
 
 uninstall:
 	rm -f '$(DESTDIR)$(SBINDIR)/mpchatd' '$(DESTDIR)$(BINDIR)/mpchat'
 	rm -f '$(DESTDIR)$(MANDIR)/man8/mpchatd.8' '$(DESTDIR)$(MANDIR)/man1/mpchat.1' \
 		'$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
+	rm -f '$(DESTDIR)$(SYSTEMDDIR)/mpchatd.service'
 
 # Leaves ./state alone: it holds the accounts and the server key of `make run`.
 clean:

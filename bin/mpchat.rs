@@ -103,7 +103,9 @@ fn run() -> Result<(), Failure> {
     })?;
     let config_dir = config_dir.unwrap_or_else(pins::default_config_dir);
     let password = match password_file {
-        Some(p) => client::read_password_file(&p).map_err(|e| Failure::Runtime(e.0))?,
+        Some(p) => client::read_password_file(&p).map_err(|e| {
+            Failure::Runtime(format!("{e}; give --password-file a file whose first line is the password"))
+        })?,
         None => cli::prompt_password(&format!("Password for {user}: ")).map_err(|e| {
             Failure::Runtime(format!("cannot prompt for a password ({e}); use --password-file FILE"))
         })?,
@@ -134,7 +136,12 @@ fn keygen(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
         }
     }
     let dir = config_dir.unwrap_or_else(pins::default_config_dir);
-    let (public, path) = pins::keygen(&dir, bits).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let (public, path) = pins::keygen(&dir, bits).map_err(|e| match e {
+        pins::PinError::Io { .. } => {
+            Failure::Runtime(format!("{e}; pass --config-dir DIR with a directory you can create or write"))
+        }
+        e => Failure::Runtime(e.to_string()),
+    })?;
     println!("wrote {} ({bits} bits)", path.display());
     println!("fingerprint {}", public.fingerprint());
     Ok(())

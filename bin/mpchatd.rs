@@ -186,18 +186,22 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     }
     let rt = |e: accounts::AdminError| Failure::Runtime(e.to_string());
     let password = || -> Result<String, Failure> {
-        let r = if password_stdin {
-            accounts::read_password_line(io::stdin().lock())
-        } else {
-            cli::prompt_password("Password: ")
-        };
-        r.map_err(|e| {
-            Failure::Runtime(if password_stdin {
-                format!("cannot read the password from standard input: {e}")
-            } else {
-                format!("cannot prompt for a password ({e}); pass --password-stdin and pipe it in")
+        if password_stdin {
+            return accounts::read_password_line(io::stdin().lock()).map_err(|e| {
+                Failure::Runtime(format!("cannot read the password from standard input: {e}; pipe it in as one line"))
+            });
+        }
+        let prompt = |p: &str| {
+            cli::prompt_password(p).map_err(|e| {
+                Failure::Runtime(format!("cannot prompt for a password ({e}); pass --password-stdin and pipe it in"))
             })
-        })
+        };
+        // Twice, as passwd(1) does: a typo nobody saw would lock the user out.
+        let first = prompt("Password: ")?;
+        if prompt("Retype password: ")? != first {
+            return Err(Failure::Runtime("the two passwords differ; nothing was changed, try again".into()));
+        }
+        Ok(first)
     };
     match sub {
         "useradd" => {

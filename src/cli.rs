@@ -72,7 +72,7 @@ pub fn parse(
             out.push(Arg::Opt(name, Some(value)));
         } else if flags.contains(&name.as_str()) {
             if inline.is_some() {
-                return Err(UsageError(format!("{program}: {name} takes no value")));
+                return Err(UsageError(format!("{program}: {name} takes no value; see {program} --help")));
             }
             out.push(Arg::Opt(name, None));
         } else {
