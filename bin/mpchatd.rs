@@ -225,6 +225,12 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             println!("removed {}", names[0]);
         }
         _ => {
+            if !state_dir.is_dir() {
+                return Err(Failure::Runtime(format!(
+                    "state directory {} does not exist; pass --state-dir DIR",
+                    state_dir.display()
+                )));
+            }
             for (name, uid, iters) in accounts::list_users(&state_dir).map_err(rt)? {
                 println!("{name} {uid:016x} {iters}");
             }

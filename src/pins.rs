@@ -103,7 +103,11 @@ pub enum PinError {
 impl fmt::Display for PinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PinError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            PinError::Io { path, source } => write!(
+                f,
+                "{}: {source}; check the file's permissions, or pass --config-dir DIR",
+                path.display()
+            ),
             PinError::KeyExists(p) => write!(
                 f,
                 "{}: a key already exists; refusing to overwrite it (peers have pinned it). \
@@ -111,7 +115,8 @@ impl fmt::Display for PinError {
                 p.display()
             ),
             PinError::NoKey(p) => {
-                write!(f, "{}: no key yet; run `mpchat keygen` first", p.display())
+                let dir = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
+                write!(f, "{}: no key yet; run `mpchat keygen --config-dir {dir}` first", p.display())
             }
             PinError::BadKeyFile(p) => write!(
                 f,

@@ -201,6 +201,38 @@ pub fn load_server_key(state_dir: &Path) -> Result<(RsaPrivate, bool), StartErro
     })
 }
 
+/// Creates the state directory if need be and takes its lock: one server per state
+/// directory (a second one would interleave journals). The lock is held as long as
+/// the returned file is open.
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, StartError> {
+    crate::fsutil::ensure_private_dir(state_dir).map_err(|e| {
+        StartError(format!(
+            "cannot create state directory {}: {e}; create it or pass --state-dir DIR",
+            state_dir.display()
+        ))
+    })?;
+    let lock_path = state_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StartError(format!(
+                "cannot open {}: {e}; check that the state directory is writable by this user",
+                lock_path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError(format!(
+            "another mpchatd is already using {}; stop it first or pass another --state-dir",
+            state_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError(format!("cannot lock {}: {e}", lock_path.display()))),
+    }
+}
+
 /// Counts a connection in the total for as long as it lives, whichever thread holds it.
 struct TotalGuard(Arc<Shared>);
 
@@ -355,6 +387,14 @@ impl Server {
     /// Loads or creates the state (key, accounts) and binds the listen address.
     pub fn bind(mut config: Config) -> Result<Server, StartError> {
         fit_connections_to_map_count(&mut config);
+        // The port first: a port in use is then reported before anything is created.
+        let listener = TcpListener::bind(&config.listen).map_err(|e| {
+            StartError(format!(
+                "cannot listen on {}: {e}; choose another address with --listen ADDR:PORT",
+                config.listen
+            ))
+        })?;
+        let state_lock = lock_state_dir(&config.state_dir)?;
         let (key, created) = load_server_key(&config.state_dir)?;
         let fp = key.public().fingerprint();
         if created {
@@ -364,29 +404,7 @@ impl Server {
         let users = UsersFile::open(&config.state_dir).map_err(|e| {
             StartError(format!("cannot read the accounts in {}: {e}", config.state_dir.display()))
         })?;
-        let listener = TcpListener::bind(&config.listen).map_err(|e| {
-            StartError(format!(
-                "cannot listen on {}: {e}; choose another address with --listen ADDR:PORT",
-                config.listen
-            ))
-        })?;
-        // One server per state directory: a second one would interleave journals.
-        let lock_path = config.state_dir.join(LOCK_FILE);
-        let state_lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StartError(format!("cannot open {}: {e}", lock_path.display())))?;
-        if let Err(e) = state_lock.try_lock() {
-            return Err(StartError(match e {
-                std::fs::TryLockError::WouldBlock => format!(
-                    "another mpchatd is already using {}; stop it first or pass another --state-dir",
-                    config.state_dir.display()
-                ),
-                std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", lock_path.display()),
-            }));
-        }
+
         let recovered = store::recover(&config.state_dir, config.limits)
             .map_err(|e| StartError(format!("cannot recover the sessions: {e}")))?;
         let sessions = recovered.sessions;
