@@ -4,6 +4,8 @@
 #   make test         every cargo test, the man page lint, then make demo
 #   make run          the server on 0.0.0.0:5150 with its state in ./state
 #   make demo         a scripted three-person chat on a free loopback port (debug build)
+#   make fuzz         the mutation fuzzer over every parser, 1,000,000 cases
+#   make perf         measurements (frame rate, login cost, latency, memory, durability)
 #   make install      copy the built binaries, the man pages and the systemd unit;
 #                     never builds
 #   make uninstall    remove what install copied
@@ -43,7 +45,7 @@ MAN1 = man/mpchat.1
 MAN7 = man/mpchat-protocol.7
 UNIT = bin/mpchatd.service
 
-.PHONY: all test run demo install uninstall clean lint-man
+.PHONY: all test run demo fuzz perf install uninstall clean lint-man
 
 all:
 	$(CARGO) build --release --locked
@@ -60,6 +62,17 @@ run:
 demo:
 	$(CARGO) build --locked
 	@bash tests/demo.sh '$(DEBUG_DIR)'
+
+# make test runs a quick sample of the fuzzer; this runs a million cases. Another
+# deterministic sequence: make fuzz FUZZ_SEED=N.
+FUZZ_CASES ?= 1000000
+FUZZ_SEED  ?= 120329471549812
+fuzz:
+	MPCHAT_FUZZ_CASES=$(FUZZ_CASES) MPCHAT_FUZZ_SEED=$(FUZZ_SEED) $(CARGO) test --locked --test fuzz -- --nocapture
+
+# Figures, never assertions: printed, for the README and the issue notes.
+perf:
+	$(CARGO) test --release --locked --test perf -- --ignored --nocapture --test-threads 1
 
 lint-man:
 	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7)
