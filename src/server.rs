@@ -219,8 +219,8 @@ fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, StartError> {
         .open(&lock_path)
         .map_err(|e| {
             StartError(format!(
-                "cannot open {}: {e}; check that the state directory is writable by this user",
-                lock_path.display()
+                "cannot use the state directory {}: {e}; check that it is writable by this user",
+                state_dir.display()
             ))
         })?;
     match file.try_lock() {
@@ -386,7 +386,6 @@ pub struct Server {
 impl Server {
     /// Loads or creates the state (key, accounts) and binds the listen address.
     pub fn bind(mut config: Config) -> Result<Server, StartError> {
-        fit_connections_to_map_count(&mut config);
         // The port first: a port in use is then reported before anything is created.
         let listener = TcpListener::bind(&config.listen).map_err(|e| {
             StartError(format!(
@@ -413,6 +412,7 @@ impl Server {
             sessions.iter().count(),
             recovered.last_lsn
         );
+        fit_connections_to_map_count(&mut config);
         let (journal_tx, journal_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             key,

@@ -283,7 +283,7 @@ fn mpchatd_says_when_the_state_directory_is_not_writable() {
         MPCHATD,
         &["--state-dir", "/proc/self", "--listen", "127.0.0.1:0"],
         FAILURE,
-        &["cannot use the server key in /proc/self", "writable"],
+        &["cannot use the state directory /proc/self", "writable"],
     );
     fails_with_input(
         MPCHATD,
