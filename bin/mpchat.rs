@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mpchat::cli::{self, Arg, EXIT_FAILURE, EXIT_USAGE};
+use mpchat::cli::{self, Arg, Failure};
 use mpchat::client::{self, Config};
 use mpchat::{crypto, pins};
 
@@ -24,26 +24,11 @@ Events on standard output, one per line:
 The config directory defaults to $MPCHAT_CONFIG_DIR, $XDG_CONFIG_HOME/mpchat or
 ~/.config/mpchat. See mpchat(1).";
 
-enum Failure {
-    Usage(String),
-    Runtime(String),
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(msg)) => {
-            eprintln!("{msg}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(Failure::Runtime(msg)) => {
-            eprintln!("mpchat: {msg}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    cli::exit_status("mpchat", run())
 }
 
 fn run() -> Result<(), Failure> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use mpchat::accounts;
-use mpchat::cli::{self, Arg, UsageError, EXIT_FAILURE, EXIT_USAGE};
+use mpchat::cli::{self, Arg, Failure, UsageError};
 use mpchat::server::{self, Config, Server};
 
 const USAGE: &str = "\
@@ -52,32 +52,11 @@ const SERVE_OPTS: &[&str] = &[
     "--max-group",
 ];
 
-enum Failure {
-    Usage(String),
-    Runtime(String),
-}
-
-impl From<UsageError> for Failure {
-    fn from(e: UsageError) -> Self {
-        Failure::Usage(e.0)
-    }
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(msg)) => {
-            eprintln!("{msg}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(Failure::Runtime(msg)) => {
-            eprintln!("mpchatd: {msg}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
+    cli::exit_status("mpchatd", run())
 }
 
 fn run() -> Result<(), Failure> {

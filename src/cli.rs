@@ -22,6 +22,38 @@ impl fmt::Display for UsageError {
     }
 }
 
+/// Why a binary stops: a usage mistake (exit 2, the message already names the
+/// program) or a runtime failure (exit 1, the program's name is prefixed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A command-line mistake.
+    Usage(String),
+    /// Something went wrong while running.
+    Runtime(String),
+}
+
+impl From<UsageError> for Failure {
+    fn from(e: UsageError) -> Self {
+        Failure::Usage(e.0)
+    }
+}
+
+/// Prints `result`'s one-line diagnosis, if any, and returns the exit status.
+pub fn exit_status(program: &str, result: Result<(), Failure>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("{program}: {msg}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 /// One parsed argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arg {
