@@ -231,17 +231,40 @@ pub fn seal_frame(
     payload: &[u8],
     trailer_len: usize,
 ) -> Result<Vec<u8>, MtpError> {
-    let total = HEADER_LEN + payload.len() + MAC_LEN + trailer_len;
-    if total > MAX_FRAME_LEN {
-        return Err(MtpError::PayloadTooLarge(payload.len()));
-    }
-    let header = Header { typ, len: total as u16, sqn, sid, uid }.encode();
-    let mut frame = Vec::with_capacity(total);
-    frame.extend_from_slice(&header);
-    frame.extend_from_slice(payload);
-    let mac = key.seal_in_place(Nonce { sqn, dir }, &header, &mut frame[HEADER_LEN..]);
-    frame.extend_from_slice(&mac);
+    let mut frame = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN + trailer_len);
+    seal_parts(key, Nonce { sqn, dir }, typ, sid, uid, &[payload], trailer_len, &mut frame)?;
     Ok(frame)
+}
+
+/// Appends to `out` the frame whose payload is the concatenation of `parts` and whose
+/// `len` also counts `trailer_len` bytes to be appended by the caller. On error `out`
+/// is unchanged.
+#[allow(clippy::too_many_arguments)] // header fields, key and payload, as seal_frame
+fn seal_parts(
+    key: &AeadKey,
+    nonce: Nonce,
+    typ: MsgType,
+    sid: u64,
+    uid: u64,
+    parts: &[&[u8]],
+    trailer_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), MtpError> {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+    let total = HEADER_LEN + payload_len + MAC_LEN + trailer_len;
+    if total > MAX_FRAME_LEN {
+        return Err(MtpError::PayloadTooLarge(payload_len));
+    }
+    let header = Header { typ, len: total as u16, sqn: nonce.sqn, sid, uid }.encode();
+    let start = out.len();
+    out.reserve(total);
+    out.extend_from_slice(&header);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    let mac = key.seal_in_place(nonce, &header, &mut out[start + HEADER_LEN..]);
+    out.extend_from_slice(&mac);
+    Ok(())
 }
 
 /// Opens the `epd || mac` that follows `header` (`body` excludes any trailer).
@@ -281,15 +304,24 @@ impl Sender {
     /// Seals one frame and advances the sequence number; after `0xFFFF` the key is
     /// replaced by its rekey and numbering restarts at 1.
     pub fn seal(&mut self, typ: MsgType, sid: u64, uid: u64, payload: &[u8]) -> Result<Vec<u8>, MtpError> {
+        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN);
+        self.seal_into(typ, sid, uid, &[payload], &mut frame)?;
+        Ok(frame)
+    }
+
+    /// Seals one frame whose payload is the concatenation of `parts` and appends it to
+    /// `out`, so a writer can build frames in its output buffer without a payload copy
+    /// or an allocation per frame. On error `out` is unchanged.
+    pub fn seal_into(&mut self, typ: MsgType, sid: u64, uid: u64, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), MtpError> {
         let sqn = self.next_sqn;
-        let frame = seal_frame(&self.key, self.dir, typ, sqn, sid, uid, payload, 0)?;
+        seal_parts(&self.key, Nonce { sqn, dir: self.dir }, typ, sid, uid, parts, 0, out)?;
         if sqn == LAST_SQN {
             self.key = self.key.rekeyed();
             self.next_sqn = 1;
         } else {
             self.next_sqn = sqn + 1;
         }
-        Ok(frame)
+        Ok(())
     }
 }
 
@@ -428,6 +460,21 @@ mod tests {
         assert_eq!(r.open(&f2).unwrap().1, b"two");
         assert_eq!(r.open(&f1), Err(MtpError::StaleSqn { got: 2, last: 3 }));
         assert_eq!(r.open(&f2), Err(MtpError::StaleSqn { got: 3, last: 3 }));
+    }
+
+    #[test]
+    fn sealing_parts_into_a_buffer_makes_the_same_frames_as_seal() {
+        let (mut a, _) = pair(Direction::ServerToClient);
+        let (mut b, mut r) = pair(Direction::ServerToClient);
+        let mut out = b"prefix".to_vec();
+        b.seal_into(MsgType::MsgReq, 5, 6, &[b"12345678", b"envelope"], &mut out).unwrap();
+        let whole = a.seal(MsgType::MsgReq, 5, 6, b"12345678envelope").unwrap();
+        assert_eq!(&out[6..], &whole[..]);
+        assert_eq!(r.open(&out[6..]).unwrap().1, b"12345678envelope");
+        let before = out.clone();
+        let big = vec![0u8; MAX_PAYLOAD_LEN];
+        assert!(b.seal_into(MsgType::MsgReq, 5, 6, &[&big, b"x"], &mut out).is_err());
+        assert_eq!(out, before, "a refused frame leaves the buffer as it was");
     }
 
     #[test]

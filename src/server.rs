@@ -948,8 +948,7 @@ fn writer(
             while let Some(item) = next {
                 match item {
                     Out::Frame(f) => {
-                        let frame = sender.seal(f.typ, f.sid, f.uid, &f.payload).map_err(io::Error::other)?;
-                        buf.extend_from_slice(&frame);
+                        sender.seal_into(f.typ, f.sid, f.uid, &[&f.payload], &mut buf).map_err(io::Error::other)?;
                     }
                     Out::Wake => {
                         wake.store(false, Ordering::Release);
@@ -994,7 +993,7 @@ fn deliver(
         .collect();
     for (sid, creator) in invites {
         invited.insert(sid);
-        buf.extend_from_slice(&sender.seal(MsgType::InviteReq, sid, creator, &[]).map_err(io::Error::other)?);
+        sender.seal_into(MsgType::InviteReq, sid, creator, &[], buf).map_err(io::Error::other)?;
         if buf.len() >= WRITE_BUFFER {
             (&*stream).write_all(buf)?;
             buf.clear();
@@ -1016,11 +1015,9 @@ fn deliver(
             return Ok(());
         }
         for (sid, n, author, envelope) in batch {
-            let mut payload = Vec::with_capacity(8 + envelope.len());
-            payload.extend_from_slice(&n.to_be_bytes());
-            payload.extend_from_slice(&envelope);
-            let frame = sender.seal(MsgType::MsgReq, sid, author, &payload).map_err(io::Error::other)?;
-            buf.extend_from_slice(&frame);
+            sender
+                .seal_into(MsgType::MsgReq, sid, author, &[&n.to_be_bytes(), &envelope], buf)
+                .map_err(io::Error::other)?;
             if buf.len() >= WRITE_BUFFER {
                 (&*stream).write_all(buf)?;
                 buf.clear();
