@@ -95,7 +95,9 @@ fn fit_connections_to_map_count(config: &mut Config) {
             "vm.max_map_count is {max_maps}, enough for about {capacity} connections: serving at most {capacity} \
              instead of {}; raise it (sysctl vm.max_map_count={}) to serve more",
             config.max_connections,
-            (config.max_connections * MAPS_PER_CONNECTION + maps_now + MAPS_RESERVE) * 2
+            (config.max_connections * MAPS_PER_CONNECTION + maps_now + MAPS_RESERVE + config.max_prelogin * MAPS_PER_LOGIN)
+                .next_power_of_two()
+                .max(262_144)
         );
         config.max_connections = capacity.max(1);
     }
@@ -407,11 +409,6 @@ impl Server {
         let recovered = store::recover(&config.state_dir, config.limits)
             .map_err(|e| StartError(format!("cannot recover the sessions: {e}")))?;
         let sessions = recovered.sessions;
-        log::info!(
-            "recovered {} sessions up to record {}",
-            sessions.iter().count(),
-            recovered.last_lsn
-        );
         fit_connections_to_map_count(&mut config);
         let (journal_tx, journal_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
