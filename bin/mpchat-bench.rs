@@ -12,10 +12,11 @@ use mpchat::cli::{self, Arg, UsageError, EXIT_FAILURE, EXIT_USAGE};
 
 const USAGE: &str = "\
 usage: mpchat-bench [--quick] [--runs N] [--json FILE] [--mpchatd PATH]
-                    [--ngircd PATH | --no-ngircd] [--no-plain] [--only LIST]
+                    [--ngircd PATH | --no-ngircd] [--no-plain] [--no-plain-env]
+                    [--only LIST]
                     [--sizes LIST] [--big] [--idle LIST] [--many]
                     [--login-iterations LIST] [--senders N]
-                    [--time-scale F] [--wait-idle SECS]
+                    [--time-scale F] [--wait-idle SECS] [--mpchatd-flags FLAGS]
        mpchat-bench --serve-plain-relay ADDR:PORT
        mpchat-bench --help | --version
 
@@ -38,6 +39,7 @@ const WITH_VALUE: &[&str] = &[
     "--time-scale",
     "--senders",
     "--wait-idle",
+    "--mpchatd-flags",
     "--serve-plain-relay",
 ];
 const FLAGS: &[&str] = &[
@@ -137,6 +139,7 @@ fn run() -> Result<ExitCode, Failure> {
         }
     }
     o.plain = opt("--no-plain").is_none();
+    o.plain_envelope = opt("--no-plain-env").is_none();
     if let Some(v) = opt("--runs") {
         o.runs = cli::number::<usize>(p, "--runs", &v)?.max(1);
     }
@@ -157,6 +160,9 @@ fn run() -> Result<ExitCode, Failure> {
     }
     if let Some(v) = opt("--senders") {
         o.durability_senders = cli::number::<usize>(p, "--senders", &v)?.max(1);
+    }
+    if let Some(v) = opt("--mpchatd-flags") {
+        o.mpchatd_flags = v.split_whitespace().map(str::to_string).collect();
     }
     if let Some(v) = opt("--wait-idle") {
         o.wait_idle = cli::seconds(p, "--wait-idle", &v)?;

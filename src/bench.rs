@@ -652,6 +652,8 @@ pub struct Group {
     pub participants: usize,
     /// Bytes on the wire for one delivery to one receiver.
     pub wire_bytes: usize,
+    /// Bytes of the message body the server relays (an envelope for mpchat).
+    pub payload_len: usize,
     sender: Box<dyn SendSide>,
     acks: Option<Box<dyn AckSide>>,
     receivers: Vec<Box<dyn RecvSide>>,
@@ -1383,10 +1385,12 @@ pub fn mpchat_group(
             }) as Box<dyn RecvSide>
         })
         .collect();
+    let payload_len = pool[0].len();
     let (sender, acks) = split_mp_sender(creator, sid, pool)?;
     Ok(Group {
         participants: size,
         wire_bytes,
+        payload_len,
         sender: Box::new(sender),
         acks: Some(Box::new(acks)),
         receivers,
@@ -1782,6 +1786,7 @@ pub fn irc_group(ng: &Ngircd, size: usize, chan: &str) -> Result<Group, BenchErr
     Ok(Group {
         participants: size,
         wire_bytes,
+        payload_len: TEXT_LEN,
         sender: Box::new(IrcSend {
             stream: sender.stream,
             chan: chan.to_string(),
@@ -1909,9 +1914,12 @@ pub fn serve_plain_relay(listener: TcpListener) -> io::Result<()> {
             }
         };
         let sh = shared.clone();
-        let _ = thread::Builder::new()
+        let spawned = thread::Builder::new()
             .stack_size(PLAIN_STACK)
             .spawn(move || plain_connection(&sh, stream));
+        if let Err(e) = spawned {
+            eprintln!("plaintext relay: cannot start a connection thread: {e}");
+        }
     }
     Ok(())
 }
@@ -1922,11 +1930,11 @@ fn plain_connection(sh: &PlainShared, stream: TcpStream) {
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(PLAIN_QUEUE_LEN);
     let w = stream.clone();
-    if thread::Builder::new()
+    if let Err(e) = thread::Builder::new()
         .stack_size(PLAIN_STACK)
         .spawn(move || plain_writer(&w, rx))
-        .is_err()
     {
+        eprintln!("plaintext relay: cannot start a writer thread: {e}");
         return;
     }
     let mut joined: Vec<u64> = Vec::new();
@@ -2073,8 +2081,23 @@ impl PlainConn {
     }
 }
 
-/// Sets up a plaintext relay group of `size` members.
-pub fn plain_group(addr: SocketAddr, size: usize, group: u64) -> Result<Group, BenchError> {
+/// The bytes after the text in a plaintext relay message of `len` bytes.
+fn plain_padding(len: usize) -> Arc<Vec<u8>> {
+    let pad = len.saturating_sub(TEXT_LEN);
+    Arc::new(FILLER.iter().copied().cycle().take(pad).collect())
+}
+
+/// Sets up a plaintext relay group of `size` members whose messages are `len` bytes:
+/// the 100-byte text, padded when `len` is larger (to carry as many bytes as an
+/// mpchat envelope does).
+pub fn plain_group(
+    addr: SocketAddr,
+    size: usize,
+    group: u64,
+    len: usize,
+) -> Result<Group, BenchError> {
+    let len = len.clamp(TEXT_LEN, PLAIN_MAX_FRAME - PLAIN_MIN_FRAME - 8);
+    let pad = plain_padding(len);
     let mut conns = Vec::with_capacity(size);
     for _ in 0..size {
         conns.push(PlainConn::join(addr, group)?);
@@ -2086,14 +2109,22 @@ pub fn plain_group(addr: SocketAddr, size: usize, group: u64) -> Result<Group, B
         .try_clone()
         .ctx(|| "clone a socket".to_string())?;
     let receivers: Vec<Box<dyn RecvSide>> = it
-        .map(|c| Box::new(PlainRecv { conn: c, group }) as Box<dyn RecvSide>)
+        .map(|c| {
+            Box::new(PlainRecv {
+                conn: c,
+                group,
+                pad: pad.clone(),
+            }) as Box<dyn RecvSide>
+        })
         .collect();
     Ok(Group {
         participants: size,
-        wire_bytes: 4 + PLAIN_MIN_FRAME + 8 + TEXT_LEN,
+        wire_bytes: 4 + PLAIN_MIN_FRAME + 8 + len,
+        payload_len: len,
         sender: Box::new(PlainSend {
             stream: sender.stream,
             group,
+            pad,
         }),
         acks: Some(Box::new(PlainAcks {
             conn: PlainConn {
@@ -2110,12 +2141,17 @@ pub fn plain_group(addr: SocketAddr, size: usize, group: u64) -> Result<Group, B
 struct PlainSend {
     stream: TcpStream,
     group: u64,
+    pad: Arc<Vec<u8>>,
 }
 
 impl SendSide for PlainSend {
     fn send(&mut self, n: u64) -> Result<(), BenchError> {
         self.stream
-            .write_all(&plain_frame(PLAIN_MSG, self.group, &[&text_of(n)]))
+            .write_all(&plain_frame(
+                PLAIN_MSG,
+                self.group,
+                &[&text_of(n), &self.pad],
+            ))
             .ctx(|| "send to the plaintext relay".to_string())
     }
 }
@@ -2150,6 +2186,7 @@ impl AckSide for PlainAcks {
 struct PlainRecv {
     conn: PlainConn,
     group: u64,
+    pad: Arc<Vec<u8>>,
 }
 
 impl RecvSide for PlainRecv {
@@ -2169,7 +2206,13 @@ impl RecvSide for PlainRecv {
             match b.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()) {
                 Some(p) => {
                     let n = u64::from_be_bytes(p);
-                    on(n, b[8..] == text_of(n));
+                    on(
+                        n,
+                        b[8..] == text_of(n)[..]
+                            || (b.len() == 8 + TEXT_LEN + self.pad.len()
+                                && b[8..8 + TEXT_LEN] == text_of(n)
+                                && b[8 + TEXT_LEN..] == self.pad[..]),
+                    );
                 }
                 None => on(0, false),
             }
@@ -2314,18 +2357,30 @@ impl MemoryFigure {
 /// Opens `n` connections one at a time with `open`, waits `settle`, and reads the
 /// server's RSS and threads; the connections close when this returns.
 fn hold_idle<C>(
-    pid: u32,
+    d: &mut Daemon,
     n: usize,
+    threads_per_connection: u64,
     settle: Duration,
     mut open: impl FnMut(usize) -> Result<C, BenchError>,
 ) -> Result<MemoryFigure, BenchError> {
+    let pid = d.pid();
+    check_map_count(n as u64 * threads_per_connection)?;
     ensure_nofile(std::process::id(), n as u64 + 256)?;
     ensure_nofile(pid, n as u64 + 256)?;
     thread::sleep(settle);
     let base_kib = rss_kib(pid)?;
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
-        held.push(open(i)?);
+        match open(i) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                d.check_alive()?;
+                return Err(fail(format!(
+                    "after {i} connections: {e}; the server's log ends: {}",
+                    d.log_tail()
+                )));
+            }
+        }
     }
     thread::sleep(settle);
     let fig = MemoryFigure {
@@ -2335,6 +2390,28 @@ fn hold_idle<C>(
     };
     drop(held);
     Ok(fig)
+}
+
+/// Memory mappings a Rust thread costs: its stack and the stack's guard page, and
+/// the alternate signal stack std sets up for overflow reports and its guard page.
+pub const MAPS_PER_THREAD: u64 = 4;
+
+/// Fails with a [`BenchError::Skip`] saying what to do if `vm.max_map_count` is too
+/// low for a process to run `threads` threads: past it, thread creation fails (with
+/// EAGAIN or ENOMEM) long before any descriptor or memory limit.
+pub fn check_map_count(threads: u64) -> Result<(), BenchError> {
+    let need = threads * MAPS_PER_THREAD + 8_192;
+    let have: Option<u64> = fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    match have {
+        Some(have) if have < need => Err(BenchError::Skip(format!(
+            "{threads} threads need vm.max_map_count of at least {need} ({MAPS_PER_THREAD} mappings a thread), and it is {have}; \
+             raise it with `sysctl -w vm.max_map_count={}` (as root) and run again",
+            need.next_power_of_two()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Fsyncs per second of a 128-byte append in `dir`: the cost one durable message pays
@@ -2509,7 +2586,12 @@ fn json_num(v: f64) -> String {
 // The whole run.
 
 /// The systems, in the order they are run and printed.
-pub const SYSTEMS: [&str; 3] = ["mpchat", "ngircd", "plain"];
+///
+/// `plain-env` is the plaintext relay carrying messages as long as mpchat's envelopes
+/// for the same session size: it separates what mpchat pays for moving larger
+/// messages (the end-to-end envelope grows with its recipients) from what it pays
+/// for anything else.
+pub const SYSTEMS: [&str; 4] = ["mpchat", "ngircd", "plain", "plain-env"];
 
 /// What to measure and for how long.
 #[derive(Debug, Clone)]
@@ -2528,6 +2610,9 @@ pub struct Options {
     pub self_exe: PathBuf,
     /// Whether to run the plaintext relay baseline.
     pub plain: bool,
+    /// Whether to run it a second time with messages as long as mpchat's envelopes
+    /// (`plain-env`).
+    pub plain_envelope: bool,
     /// Session sizes (participants, sender included).
     pub sizes: Vec<usize>,
     /// Sections to run.
@@ -2569,6 +2654,8 @@ pub struct Options {
     /// Wait up to this long for the machine to be idle (under [`IDLE_BUSY`] of its
     /// CPU in use) before measuring; 0 measures at once.
     pub wait_idle: Duration,
+    /// Extra flags for every `mpchatd` started (for experiments: `--queue-len 64`).
+    pub mpchatd_flags: Vec<String>,
 }
 
 /// The machine counts as idle below this fraction of its CPU in use.
@@ -2587,6 +2674,7 @@ impl Options {
             ngircd_skip_reason: None,
             self_exe,
             plain: true,
+            plain_envelope: true,
             sizes: vec![2, 10, 50],
             relay: true,
             envelope: true,
@@ -2602,11 +2690,12 @@ impl Options {
             login_clients: cores.clamp(1, 8),
             idle_connections: vec![1_000],
             settle: s(1_000, 500),
-            durability_senders: 8,
+            durability_senders: 32,
             durability_time: s(5_000, 2_000),
             samples: if quick { 10 } else { 30 },
             key_bits: crate::pins::DEFAULT_KEY_BITS,
             wait_idle: Duration::ZERO,
+            mpchatd_flags: Vec::new(),
         }
     }
 
@@ -2638,6 +2727,18 @@ impl Bench<'_> {
     fn say(&mut self, line: String) {
         let _ = writeln!(self.log, "mpchat-bench: {line}");
         let _ = self.log.flush();
+    }
+
+    /// Starts an mpchatd with `accounts_`, `extra` flags and the user's own.
+    fn mpchatd(
+        &self,
+        tag: &str,
+        accounts_: &[AccountSpec],
+        extra: &[&str],
+    ) -> Result<MpchatServer, BenchError> {
+        let mut flags: Vec<&str> = extra.to_vec();
+        flags.extend(self.o.mpchatd_flags.iter().map(String::as_str));
+        start_mpchatd(&self.o.mpchatd, tag, &self.server_key, accounts_, &flags)
     }
 
     fn trouble(&mut self, what: &str, e: BenchError) {
@@ -2908,7 +3009,7 @@ fn relay(b: &mut Bench) -> Result<(), BenchError> {
         "relay: starting mpchatd with {} accounts",
         all.len()
     ));
-    let mp = start_mpchatd(&o.mpchatd, "relay", &b.server_key, &all, &[])?;
+    let mp = b.mpchatd("relay", &all, &[])?;
     let ng = match &o.ngircd {
         Some(bin) => match start_ngircd(bin) {
             Ok(n) => Some(n),
@@ -2950,10 +3051,20 @@ fn relay(b: &mut Bench) -> Result<(), BenchError> {
                 Err(e) => b.trouble(&format!("relay ngircd at {size} participants"), e),
             }
         }
+        let envelope_len = groups
+            .iter()
+            .find(|g| g.0 == "mpchat")
+            .map(|g| g.2.payload_len);
         if let Some((pd, _)) = &plain {
-            match plain_group(pd.addr, size, size as u64) {
+            match plain_group(pd.addr, size, size as u64, TEXT_LEN) {
                 Ok(g) => groups.push(("plain", pd.pid(), g, true)),
                 Err(e) => b.trouble(&format!("relay plain at {size} participants"), e),
+            }
+            if let Some(len) = envelope_len.filter(|_| o.plain_envelope) {
+                match plain_group(pd.addr, size, 1_000_000 + size as u64, len) {
+                    Ok(g) => groups.push(("plain-env", pd.pid(), g, true)),
+                    Err(e) => b.trouble(&format!("relay plain-env at {size} participants"), e),
+                }
             }
         }
         let receivers = (size - 1) as u64;
@@ -3008,7 +3119,7 @@ fn login(b: &mut Bench) -> Result<(), BenchError> {
         "login: starting mpchatd with {} accounts",
         accts.len()
     ));
-    let mp = start_mpchatd(&o.mpchatd, "login", &b.server_key, &accts, &[])?;
+    let mp = b.mpchatd("login", &accts, &[])?;
     let etk = b
         .server_key
         .public()
@@ -3159,37 +3270,39 @@ fn memory(b: &mut Bench) -> Result<(), BenchError> {
             .collect();
         b.say(format!("memory: starting mpchatd with {n} accounts"));
         // Idle connections are held without reading, so heartbeats are made rare.
-        let fig = start_mpchatd(
-            &o.mpchatd,
-            "memory",
-            &b.server_key,
-            &accts,
-            &[
-                "--heartbeat",
-                "3600",
-                "--max-connections",
-                &(n + 100).to_string(),
-            ],
-        )
-        .and_then(|mp| {
-            hold_idle(mp.daemon.pid(), n, o.settle, |i| {
-                MpConn::login(mp.daemon.addr, &mp.key, &accts[i])
-            })
-        });
+        let fig = b
+            .mpchatd(
+                "memory",
+                &accts,
+                &[
+                    "--heartbeat",
+                    "3600",
+                    "--max-connections",
+                    &(n + 100).to_string(),
+                ],
+            )
+            .and_then(|mut mp| {
+                let (addr, key) = (mp.daemon.addr, mp.key.clone());
+                hold_idle(&mut mp.daemon, n, 2, o.settle, |i| {
+                    MpConn::login(addr, &key, &accts[i])
+                })
+            });
         record_memory(b, "mpchat", n, fig);
         if let Some(bin) = &o.ngircd {
-            let fig = start_ngircd(bin).and_then(|ng| {
-                hold_idle(ng.daemon.pid(), n, o.settle, |_| {
-                    IrcConn::register(ng.daemon.addr, &ng.nick())
+            let fig = start_ngircd(bin).and_then(|mut ng| {
+                let addr = ng.daemon.addr;
+                let nicks = &ng.next_nick;
+                hold_idle(&mut ng.daemon, n, 0, o.settle, |_| {
+                    let nick = format!("b{}", base36(nicks.fetch_add(1, Ordering::Relaxed)));
+                    IrcConn::register(addr, &nick)
                 })
             });
             record_memory(b, "ngircd", n, fig);
         }
         if o.plain {
-            let fig = start_plain_relay(&o.self_exe).and_then(|(pd, _dir)| {
-                hold_idle(pd.pid(), n, o.settle, |i| {
-                    PlainConn::join(pd.addr, i as u64)
-                })
+            let fig = start_plain_relay(&o.self_exe).and_then(|(mut pd, _dir)| {
+                let addr = pd.addr;
+                hold_idle(&mut pd, n, 2, o.settle, |i| PlainConn::join(addr, i as u64))
             });
             record_memory(b, "plain", n, fig);
         }
@@ -3213,7 +3326,7 @@ fn durability(b: &mut Bench) -> Result<(), BenchError> {
         ("fsync-per-request", &["--max-group", "1"][..]),
     ] {
         b.say(format!("durability ({mode}): starting mpchatd"));
-        let mp = start_mpchatd(&o.mpchatd, "durability", &b.server_key, &accts, extra)?;
+        let mp = b.mpchatd("durability", &accts, extra)?;
         let mut groups = Vec::with_capacity(senders);
         for pair in accts.chunks(2) {
             groups.push(mpchat_group(&mp, pair, &b.keys)?);
@@ -3325,6 +3438,12 @@ pub fn render(report: &Report, o: &Options) -> String {
         about("cpu busy before start %"),
         about("ngircd"),
     ));
+    t.push_str(
+        "systems: mpchat = mpchatd, every hop encrypted, every message stored durably before its OK;\n\
+         \x20        ngircd = ngIRCd, one channel; plain = the built-in plaintext relay (mpchatd's thread\n\
+         \x20        shape, no cryptography, no storage); plain-env = the same carrying messages as long as\n\
+         \x20        mpchat's end-to-end envelopes at that session size\n",
+    );
     for (section, title) in [
         ("relay-saturated", format!("Relay, saturated: closed loop, sender at most {SATURATED_WINDOW} messages ahead of the slowest receiver")),
         ("relay-light", format!("Relay, light load: {} messages/s", o.light_rate)),
@@ -3362,14 +3481,12 @@ pub fn render(report: &Report, o: &Options) -> String {
                 ("p99_ms", "p99")
             };
             let mp = g("mpchat", metric);
-            let (rn, rp) = (ratio(mp, g("ngircd", metric)), ratio(mp, g("plain", metric)));
-            if rn.is_some() || rp.is_some() {
-                t.push_str(&format!(
-                    "{:>5} ratios of {what}: mpchat/ngircd {}, mpchat/plain {}\n",
-                    "",
-                    num(rn, 2),
-                    num(rp, 2)
-                ));
+            let ratios: Vec<String> = SYSTEMS[1..]
+                .iter()
+                .filter_map(|sys| ratio(mp, g(sys, metric)).map(|r| format!("mpchat/{sys} {r:.2}")))
+                .collect();
+            if !ratios.is_empty() {
+                t.push_str(&format!("{:>5} ratios of {what}: {}\n", "", ratios.join(", ")));
             }
         }
     }
@@ -3672,7 +3789,7 @@ mod tests {
     #[test]
     fn the_plain_relay_delivers_every_message_once_in_order_to_every_other_member() {
         let addr = plain_server();
-        let mut g = plain_group(addr, 4, 1).unwrap();
+        let mut g = plain_group(addr, 4, 1, TEXT_LEN).unwrap();
         let pid = std::process::id();
         let run = run_relay(
             &mut g,
@@ -3705,8 +3822,8 @@ mod tests {
     #[test]
     fn the_plain_relay_keeps_groups_apart() {
         let addr = plain_server();
-        let mut a = plain_group(addr, 2, 10).unwrap();
-        let mut b = plain_group(addr, 3, 11).unwrap();
+        let mut a = plain_group(addr, 2, 10, TEXT_LEN).unwrap();
+        let mut b = plain_group(addr, 3, 11, 5000).unwrap();
         let pid = std::process::id();
         let ra = run_relay(
             &mut a,
@@ -3761,6 +3878,7 @@ mod tests {
         let mut g = Group {
             participants: 2,
             wire_bytes: 0,
+            payload_len: TEXT_LEN,
             sender: Box::new(Nowhere),
             acks: None,
             receivers: vec![Box::new(Scripted(vec![
