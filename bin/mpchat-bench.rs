@@ -2,7 +2,7 @@
 //! ngIRCd and a minimal plaintext relay, in one run. Argument parsing, the printed
 //! table and exit codes only; the measurements are in `mpchat::bench`.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -230,6 +230,16 @@ fn serve_plain(addr: &str) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     println!("listening on {local}");
     let _ = io::stdout().flush();
+    // The bench holds our standard input open: when it ends, however it ends, so do we.
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 256];
+        loop {
+            match io::stdin().read(&mut sink) {
+                Ok(0) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    });
     bench::serve_plain_relay(listener).map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }

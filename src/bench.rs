@@ -495,6 +495,8 @@ pub struct Daemon {
     /// Where it listens.
     pub addr: SocketAddr,
     log: PathBuf,
+    /// The write end of its standard input, for a child that exits when it closes.
+    _stdin: Option<std::process::ChildStdin>,
 }
 
 impl Daemon {
@@ -538,10 +540,19 @@ impl Drop for Daemon {
 
 /// Spawns `cmd` with stderr to `log`, and waits for a `listening on ADDR` line on its
 /// stdout (mpchatd and the plaintext relay both print one).
-fn spawn_listening(name: &'static str, mut cmd: Command, log: &Path) -> Result<Daemon, BenchError> {
+fn spawn_listening(
+    name: &'static str,
+    mut cmd: Command,
+    log: &Path,
+    watch_stdin: bool,
+) -> Result<Daemon, BenchError> {
     let log_file = fs::File::create(log).ctx(|| format!("create {}", log.display()))?;
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if watch_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
@@ -560,11 +571,13 @@ fn spawn_listening(name: &'static str, mut cmd: Command, log: &Path) -> Result<D
         let mut sink = Vec::new();
         let _ = r.read_to_end(&mut sink);
     });
+    let stdin = child.stdin.take();
     let mut daemon = Daemon {
         name,
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         log: log.to_path_buf(),
+        _stdin: stdin,
     };
     let line = match rx.recv_timeout(START_TIMEOUT) {
         Ok(l) => l,
@@ -763,6 +776,7 @@ pub fn run_relay(
     let sender_thread = thread::current();
     let cpu0 = cpu_ticks(server_pid)?;
 
+    let has_acks = group.acks.is_some();
     let Group {
         sender,
         acks,
@@ -938,8 +952,12 @@ pub fn run_relay(
             }
             match pace {
                 Pace::Saturated { window } | Pace::Acked { window } => {
+                    // A sender with replies also keeps its own requests in flight
+                    // within the window, as a client would: a server may close a
+                    // connection whose replies pile up (mpchatd past --queue-len).
                     let gate = || match pace {
                         Pace::Acked { .. } => acked.load(Ordering::SeqCst),
+                        _ if has_acks => min_progress().min(acked.load(Ordering::SeqCst)),
                         _ => min_progress(),
                     };
                     if n - slowest > window {
@@ -1173,7 +1191,7 @@ pub fn start_mpchatd(
         .arg(&state)
         .args(["--listen", "127.0.0.1:0"])
         .args(extra);
-    let daemon = spawn_listening("mpchatd", cmd, &dir.path().join("mpchatd.log"))?;
+    let daemon = spawn_listening("mpchatd", cmd, &dir.path().join("mpchatd.log"), false)?;
     Ok(MpchatServer {
         daemon,
         key: server_key.public(),
@@ -1625,6 +1643,7 @@ pub fn start_ngircd(bin: &Path) -> Result<Ngircd, BenchError> {
         child,
         addr,
         log,
+        _stdin: None,
     };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -2043,7 +2062,7 @@ pub fn start_plain_relay(exe: &Path) -> Result<(Daemon, TempDir), BenchError> {
     let dir = TempDir::new("plain")?;
     let mut cmd = Command::new(exe);
     cmd.args(["--serve-plain-relay", "127.0.0.1:0"]);
-    let d = spawn_listening("plaintext relay", cmd, &dir.path().join("plain.log"))?;
+    let d = spawn_listening("plaintext relay", cmd, &dir.path().join("plain.log"), true)?;
     Ok((d, dir))
 }
 
@@ -3453,7 +3472,7 @@ pub fn render(report: &Report, o: &Options) -> String {
         }
         t.push_str(&format!(
             "\n{title}; {TEXT_LEN}-byte texts; latency from send to the receiver holding the message\n\
-             {:>5} {:<7} {:>12} {:>9} {:>9} {:>9} {:>11} {:>13}\n",
+             {:>5} {:<9} {:>12} {:>9} {:>9} {:>9} {:>11} {:>13}\n",
             "part", "system", "deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "wire B/dlv", "srv CPU us/dlv"
         ));
         for &size in &o.sizes {
@@ -3464,7 +3483,7 @@ pub fn render(report: &Report, o: &Options) -> String {
                     continue;
                 }
                 t.push_str(&format!(
-                    "{:>5} {:<7} {:>12} {:>9} {:>9} {:>9} {:>11} {:>13}\n",
+                    "{:>5} {:<9} {:>12} {:>9} {:>9} {:>9} {:>11} {:>13}\n",
                     size,
                     sys,
                     num(g(sys, "deliveries_per_s"), 0),
