@@ -709,6 +709,9 @@ pub struct RelayRun {
     pub latencies: Vec<u64>,
     /// Server CPU over the run.
     pub server_cpu: Duration,
+    /// CPU of this process (every client, sender and receivers) over the run: on one
+    /// machine the clients compete with the server for the same cores.
+    pub client_cpu: Duration,
     /// Integrity failures (lost, duplicated, reordered or altered messages).
     pub errors: Vec<String>,
     /// Messages the server acknowledged to the sender.
@@ -775,6 +778,7 @@ pub fn run_relay(
     let waiting = AtomicBool::new(false);
     let sender_thread = thread::current();
     let cpu0 = cpu_ticks(server_pid)?;
+    let own0 = cpu_ticks(std::process::id())?;
 
     let has_acks = group.acks.is_some();
     let Group {
@@ -1033,6 +1037,7 @@ pub fn run_relay(
         ((sent, t0), outcomes, ack_errors, send_error)
     });
     let cpu1 = cpu_ticks(server_pid)?;
+    let own1 = cpu_ticks(std::process::id())?;
     let (sent, t0) = sent;
     group.next = first + sent;
 
@@ -1040,7 +1045,8 @@ pub fn run_relay(
         messages: sent,
         ..RelayRun::default()
     };
-    run.server_cpu = Duration::from_secs_f64((cpu1 - cpu0) as f64 / ticks_per_s as f64);
+    run.server_cpu = ticks(cpu1.saturating_sub(cpu0), ticks_per_s);
+    run.client_cpu = ticks(own1.saturating_sub(own0), ticks_per_s);
     if let Some(e) = send_error {
         run.errors.push(format!("sender: {e}"));
     }
@@ -2921,7 +2927,10 @@ fn describe_machine(o: &Options, busy: Option<f64>, r: &mut Report) {
         "ngircd",
         match &o.ngircd {
             Some(p) => ngircd_version(p).unwrap_or_else(|| p.display().to_string()),
-            None => "skipped".into(),
+            None => format!(
+                "skipped ({})",
+                o.ngircd_skip_reason.as_deref().unwrap_or("not selected")
+            ),
         },
     );
     about("text bytes", TEXT_LEN.to_string());
@@ -2994,6 +3003,15 @@ fn record_relay(
         "server_cpu_us_per_delivery",
         "us",
         cpu_us,
+    );
+    let own_us = run.client_cpu.as_secs_f64() * 1e6 / run.deliveries.max(1) as f64;
+    r.add(
+        section,
+        system,
+        &p,
+        "client_cpu_us_per_delivery",
+        "us",
+        own_us,
     );
     let line = format!(
         "{section} {size:>3} participants {system:<7} {:>9.0} deliveries/s  p50 {:>8.2} ms  p99 {:>8.2} ms  ({} messages)",
@@ -3472,8 +3490,8 @@ pub fn render(report: &Report, o: &Options) -> String {
         }
         t.push_str(&format!(
             "\n{title}; {TEXT_LEN}-byte texts; latency from send to the receiver holding the message\n\
-             {:>5} {:<9} {:>12} {:>9} {:>9} {:>9} {:>11} {:>13}\n",
-            "part", "system", "deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "wire B/dlv", "srv CPU us/dlv"
+             {:>5} {:<9} {:>12} {:>8} {:>8} {:>8} {:>10} {:>14} {:>14}\n",
+            "part", "system", "deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "wire B/dlv", "srv CPU us/dlv", "cli CPU us/dlv"
         ));
         for &size in &o.sizes {
             let p = format!("participants={size}");
@@ -3483,7 +3501,7 @@ pub fn render(report: &Report, o: &Options) -> String {
                     continue;
                 }
                 t.push_str(&format!(
-                    "{:>5} {:<9} {:>12} {:>9} {:>9} {:>9} {:>11} {:>13}\n",
+                    "{:>5} {:<9} {:>12} {:>8} {:>8} {:>8} {:>10} {:>14} {:>14}\n",
                     size,
                     sys,
                     num(g(sys, "deliveries_per_s"), 0),
@@ -3492,6 +3510,7 @@ pub fn render(report: &Report, o: &Options) -> String {
                     num(g(sys, "p999_ms"), 2),
                     num(g(sys, "wire_bytes_per_delivery"), 0),
                     num(g(sys, "server_cpu_us_per_delivery"), 2),
+                    num(g(sys, "client_cpu_us_per_delivery"), 2),
                 ));
             }
             let (metric, what) = if section == "relay-saturated" {
