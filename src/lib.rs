@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod crypto;
