@@ -6,6 +6,7 @@
 #   make demo         a scripted three-person chat on a free loopback port (debug build)
 #   make fuzz         the mutation fuzzer over every parser, 1,000,000 cases
 #   make perf         measurements (frame rate, login cost, latency, memory, durability)
+#   make bench        mpchat-bench --quick: mpchatd against ngIRCd and a plaintext relay
 #   make install      copy the built binaries, the man pages and the systemd unit;
 #                     never builds
 #   make uninstall    remove what install copied
@@ -43,9 +44,10 @@ RUN_LISTEN    ?= 0.0.0.0:5150
 MAN8 = man/mpchatd.8
 MAN1 = man/mpchat.1
 MAN7 = man/mpchat-protocol.7
+MANBENCH = man/mpchat-bench.1
 UNIT = bin/mpchatd.service
 
-.PHONY: all test run demo fuzz perf install uninstall clean lint-man
+.PHONY: all test run demo fuzz perf bench install uninstall clean lint-man
 
 all:
 	$(CARGO) build --release --locked
@@ -70,12 +72,25 @@ FUZZ_SEED  ?= 120329471549812
 fuzz:
 	MPCHAT_FUZZ_CASES=$(FUZZ_CASES) MPCHAT_FUZZ_SEED=$(FUZZ_SEED) $(CARGO) test --locked --test fuzz -- --nocapture
 
+# The baseline ngIRCd comes from Debian (installed here when apt-get can; otherwise
+# the bench says it skips that baseline). A short run, under three minutes.
+NGIRCD ?= /usr/sbin/ngircd
+bench:
+	$(CARGO) build --release --locked
+	@if [ ! -x '$(NGIRCD)' ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ngircd >/dev/null 2>&1 || \
+		echo "make bench: could not install ngircd; its baseline is skipped" >&2; \
+	fi
+	@if [ -x '$(NGIRCD)' ]; then set -x; '$(RELEASE_DIR)/mpchat-bench' --quick --ngircd '$(NGIRCD)'; \
+	else echo "make bench: no ngircd at $(NGIRCD): skipping that baseline" >&2; \
+		set -x; '$(RELEASE_DIR)/mpchat-bench' --quick --no-ngircd; fi
+
 # Figures, never assertions: printed, for the README and the issue notes.
 perf:
 	$(CARGO) test --release --locked --test perf -- --ignored --nocapture --test-threads 1
 
 lint-man:
-	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7)
+	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7) $(MANBENCH)
 
 install:
 	@for f in '$(RELEASE_DIR)/mpchatd' '$(RELEASE_DIR)/mpchat'; do \
