@@ -205,7 +205,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -781,6 +781,11 @@ pub fn run_relay(
     let own0 = cpu_ticks(std::process::id())?;
 
     let has_acks = group.acks.is_some();
+    if matches!(pace, Pace::Acked { .. }) && !has_acks {
+        return Err(fail(
+            "this system sends no replies for the sender to wait for",
+        ));
+    }
     let Group {
         sender,
         acks,
