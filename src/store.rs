@@ -195,6 +195,26 @@ const _: () = assert!(MAX_ENVELOPE_LEN + 64 <= MAX_ENTRY_LEN);
 // CRC-32
 
 const CRC_TABLE: [u32; 256] = crc_table();
+/// Slicing-by-8 tables: `CRC_TABLES[k][b]` is the CRC of byte `b` followed by `k` zero
+/// bytes, so eight input bytes are folded in per step instead of one (the checksum
+/// was a sixth of the server's CPU while relaying).
+const CRC_TABLES: [[u32; 256]; 8] = crc_tables();
+
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
+    t[0] = crc_table();
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+}
 
 const fn crc_table() -> [u32; 256] {
     let mut table = [0u32; 256];
@@ -226,7 +246,21 @@ impl Crc32 {
     }
 
     fn update(mut self, data: &[u8]) -> Self {
-        for &b in data {
+        let t = &CRC_TABLES;
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let lo = self.0 ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            self.0 = t[7][(lo & 0xff) as usize]
+                ^ t[6][((lo >> 8) & 0xff) as usize]
+                ^ t[5][((lo >> 16) & 0xff) as usize]
+                ^ t[4][(lo >> 24) as usize]
+                ^ t[3][(hi & 0xff) as usize]
+                ^ t[2][((hi >> 8) & 0xff) as usize]
+                ^ t[1][((hi >> 16) & 0xff) as usize]
+                ^ t[0][(hi >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
             self.0 = CRC_TABLE[((self.0 ^ u32::from(b)) & 0xff) as usize] ^ (self.0 >> 8);
         }
         self
