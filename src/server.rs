@@ -831,7 +831,10 @@ fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, n
             shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {what}"));
             return;
         }
-        inflight.wait_below(MAX_INFLIGHT);
+        // Replies to stored requests are queued together when their group is stored:
+        // keep them within half the queue, so a client that reads its replies is
+        // never closed for sending quickly.
+        inflight.wait_below(MAX_INFLIGHT.min(shared.config.queue_len / 2).max(1));
     }
 }
 
