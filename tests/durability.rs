@@ -221,6 +221,10 @@ fn a_closed_sessions_envelopes_are_gone_from_disk_after_compaction() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(state_files_contain(&server.state, marker), Vec::<String>::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("compacted") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(server.log().contains("compacted"), "{}", server.log());
 }
 
@@ -316,6 +320,11 @@ fn a_full_disk_gives_error_replies_and_the_server_keeps_serving() {
         let (h, p) = b.recv_type(MsgType::MsgReq);
         assert_eq!(h.sid, sid);
         got = u64::from_be_bytes(p[..8].try_into().unwrap());
+    }
+    // The log arrives through a pipe: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("cannot write the journal") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert!(server.log().contains("cannot write the journal"), "{}", server.log());
 }
