@@ -598,7 +598,7 @@ fn more_connections_than_the_map_count_allows_are_refused_not_fatal() {
     let server = Server::start(&["--max-pending-logins", &prelogin.to_string()]);
     let capacity = mpchat::server::connection_capacity(max_maps, mappings(server.pid()), prelogin);
     assert!(capacity < 1_000, "this test wants a small capacity, got {capacity}");
-    assert!(server.log().contains("vm.max_map_count"), "{}", server.log());
+    wait_for_log(&server, "about vm.max_map_count", |l| l.contains("vm.max_map_count"));
     let names: Vec<String> = (0..capacity + 20).map(|i| format!("m{i}")).collect();
     server.add_users_at_once(&names, PW);
     let mut held = Vec::new();
