@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    closed_within, fd_limit, key_line, raise_fd_limit, session, text, users, Client, Raw, Server,
+    assert_back_to, closed_within, fd_limit, key_line, raise_fd_limit, session, text, users, Client, Raw, Server,
     WAIT,
 };
 use mpchat::accounts::DEFAULT_ITERATIONS;
@@ -133,22 +133,6 @@ fn wait_for_log_count(server: &Server, what: &str, n: usize, pred: impl Fn(&str)
     }
 }
 
-/// Waits until the server is back to `baseline` threads and descriptors.
-#[track_caller]
-fn assert_back_to(server: &Server, baseline: (usize, usize), after: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = server.threads_and_fds();
-        if now == baseline {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {after}: the server has (threads, fds) {now:?}, not {baseline:?} as before"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The server log holds none of `secrets` (passwords, message texts, key material).
 #[track_caller]

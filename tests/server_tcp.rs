@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Raw, Server, WAIT};
+use common::{assert_back_to, Raw, Server, WAIT};
 use mpchat::crypto::{AeadKey, Direction, Nonce, RsaPrivate, RsaPublic};
 use mpchat::login::{ClientLogin, Established, ExpectLoginRes};
 use mpchat::mtp::{self, Header, MsgType, Sender, HEADER_LEN, LAST_SQN, MIN_FRAME_LEN, VERSION};
@@ -220,31 +220,7 @@ fn wait_for_warning_about(server: &Server, peer: SocketAddr) -> String {
     })
 }
 
-/// The server's thread count and open descriptor count, from `/proc`.
-fn threads_and_fds(server: &Server) -> (usize, usize) {
-    let dir = std::path::PathBuf::from(format!("/proc/{}", server.pid()));
-    let count = |sub: &str| std::fs::read_dir(dir.join(sub)).unwrap().count();
-    (count("task"), count("fd"))
-}
 
-/// Waits until the server is back to `baseline` threads and descriptors: every
-/// closed connection's threads ended and its socket was closed. The counts change
-/// inside another process, so polling is the only way to wait for them.
-#[track_caller]
-fn assert_back_to(server: &Server, baseline: (usize, usize), after: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = threads_and_fds(server);
-        if now == baseline {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {after}: the server has (threads, fds) {now:?}, not {baseline:?} as before"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A server with a bystander and a victim account; returns the logged-in bystander.
 fn server_with_bystander(args: &[&str]) -> (Server, Raw) {
@@ -375,7 +351,7 @@ fn a_flipped_bit_anywhere_in_a_frame_closes_only_that_connection() {
             .seal(MsgType::StatusReq, 0, uid, b"ping")
             .unwrap()
     };
-    let baseline = threads_and_fds(&server);
+    let baseline = server.threads_and_fds();
     // Control: the same frame unflipped is answered.
     let mut victim = Raw::login(&server, "victim", PW);
     let frame = seal(&mut victim);
@@ -703,7 +679,7 @@ fn garbage_before_login_is_closed_without_a_reply() {
         ("an unknown type", unknown_type),
         ("two bytes, then end of input", b"\0\n".to_vec()),
     ];
-    let baseline = threads_and_fds(&server);
+    let baseline = server.threads_and_fds();
     for (what, bytes) in cases {
         let mut stream = TcpStream::connect(server.addr).unwrap();
         let me = stream.local_addr().unwrap();
@@ -977,10 +953,10 @@ fn a_heartbeat_answered_keeps_the_connection_and_one_unanswered_closes_it() {
 #[test]
 fn a_second_login_of_the_same_user_closes_the_first_connection() {
     let (mut server, mut bystander) = server_with_bystander(&[]);
-    let baseline = threads_and_fds(&server);
+    let baseline = server.threads_and_fds();
     let mut first = Raw::login(&server, "victim", PW);
     assert_status_answered(&mut first, "first connection");
-    let one_connection = threads_and_fds(&server);
+    let one_connection = server.threads_and_fds();
     assert!(
         one_connection.0 > baseline.0 && one_connection.1 > baseline.1,
         "a logged-in connection shows in the counts: {one_connection:?} vs {baseline:?}"

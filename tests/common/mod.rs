@@ -548,3 +548,23 @@ pub fn fd_limit(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("a Max open files line in /proc/<pid>/limits")
 }
+
+/// Waits until the server is back to at most `baseline` threads and descriptors:
+/// every closed connection's threads ended and its socket was closed. (At most: a
+/// login thread that was ending when the baseline was taken may be gone since.) The
+/// counts change inside another process, so polling is the only way to wait.
+#[track_caller]
+pub fn assert_back_to(server: &Server, baseline: (usize, usize), after: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = server.threads_and_fds();
+        if now.0 <= baseline.0 && now.1 <= baseline.1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {after}: the server has (threads, fds) {now:?}, not {baseline:?} as before"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
