@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{key_line, session, temp_dir, text, Raw, Server};
+use common::{key_line, session, temp_dir, text, wait_for_log, Raw, Server};
 use mpchat::encoding::id_hex;
 use mpchat::mtp::MsgType;
 
@@ -221,11 +221,7 @@ fn a_closed_sessions_envelopes_are_gone_from_disk_after_compaction() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(state_files_contain(&server.state, marker), Vec::<String>::new());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log().contains("compacted") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(server.log().contains("compacted"), "{}", server.log());
+    wait_for_log(&server, "about the compaction", |l| l.contains("compacted"));
 }
 
 /// Runs `mpchatd` with `args` on `state` and returns (exit code, stderr) if it exits
@@ -321,10 +317,5 @@ fn a_full_disk_gives_error_replies_and_the_server_keeps_serving() {
         assert_eq!(h.sid, sid);
         got = u64::from_be_bytes(p[..8].try_into().unwrap());
     }
-    // The log arrives through a pipe: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log().contains("cannot write the journal") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(server.log().contains("cannot write the journal"), "{}", server.log());
+    wait_for_log(&server, "about the failed write", |l| l.contains("cannot write the journal"));
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    assert_back_to, closed_within, fd_limit, key_line, raise_fd_limit, session, text, users, Client, Raw, Server,
+    assert_back_to, closed_within, wait_for_log, fd_limit, key_line, raise_fd_limit, session, text, users, Client, Raw, Server,
     WAIT,
 };
 use mpchat::accounts::DEFAULT_ITERATIONS;
@@ -97,23 +97,6 @@ fn assert_status_answered(raw: &mut Raw, who: &str) {
     );
 }
 
-/// Waits for a server log line matching `pred` (the log is another process's stderr,
-/// so polling is the only way to wait for it).
-#[track_caller]
-fn wait_for_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(line) = server.log().lines().find(|l| pred(l)) {
-            return line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line {what} within {WAIT:?}; log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Waits until at least `n` server log lines match `pred`.
 #[track_caller]

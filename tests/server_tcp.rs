@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{assert_back_to, Raw, Server, WAIT};
+use common::{assert_back_to, wait_for_log, Raw, Server, WAIT};
 use mpchat::crypto::{AeadKey, Direction, Nonce, RsaPrivate, RsaPublic};
 use mpchat::login::{ClientLogin, Established, ExpectLoginRes};
 use mpchat::mtp::{self, Header, MsgType, Sender, HEADER_LEN, LAST_SQN, MIN_FRAME_LEN, VERSION};
@@ -193,23 +193,6 @@ fn login_once_a_slot_frees(server: &Server, user: &str) -> Raw {
     }
 }
 
-/// Waits for a server log line matching `pred`. The log is another process's stderr,
-/// so polling it is the only way to wait for it.
-#[track_caller]
-fn wait_for_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(line) = server.log().lines().find(|l| pred(l)) {
-            return line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line {what} within {WAIT:?}; log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Waits for a warning naming `peer` (as the server saw it: our local address).
 #[track_caller]

@@ -568,3 +568,17 @@ pub fn assert_back_to(server: &Server, baseline: (usize, usize), after: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits for a server log line matching `pred`. The log is another process's stderr,
+/// so polling it is the only way to wait for it.
+#[track_caller]
+pub fn wait_for_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(line) = server.log().lines().find(|l| pred(l)) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no log line {what} within {WAIT:?}; log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
