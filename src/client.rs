@@ -792,7 +792,11 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
     let my_key = pins::load_own_key(&config.config_dir).map_err(|e| ClientError(e.to_string()))?;
     let pins = KnownKeys::load(&config.config_dir.join(pins::KNOWN_KEYS_FILE)).map_err(|e| ClientError(e.to_string()))?;
     let guard_path = config.config_dir.join(pins::SEEN_FILE);
-    let guard = ReplayGuard::load(&guard_path).unwrap_or_default();
+    let guard = ReplayGuard::load(&guard_path).map_err(|e| {
+        ClientError(format!(
+            "cannot read the seen-message file: {e}; move it away to start afresh (copies of older messages then go undetected)"
+        ))
+    })?;
     let received = Received::load(config.config_dir.join(RECEIVED_FILE));
     let (link, receiver, uid) = connect(&config, password)?;
     let (tx, rx) = mpsc::channel();

@@ -205,3 +205,13 @@ fn every_member_of_a_fifty_member_session_receives_every_message() {
         }
     }
 }
+
+#[test]
+fn a_damaged_seen_file_stops_the_client_rather_than_dropping_replay_protection() {
+    let server = Server::start(&[]);
+    let u = users(&server, &["alice"]);
+    std::fs::write(u[0].config_dir.join(mpchat::pins::SEEN_FILE), b"not a seen file").unwrap();
+    let client = Client::start(&server, &u[0]);
+    let (status, _) = client.finish();
+    assert_eq!(status.code(), Some(1));
+}
