@@ -603,9 +603,11 @@ impl<W: Write> Client<W> {
         let sid_hex = encoding::id_hex(m.sid);
         match e2e::open(m.sid, m.author, key, self.uid, &self.my_key, &m.envelope) {
             Ok(opened) => {
-                if self.guard.check_and_record(m.sid, m.author, opened.msg_id) {
+                if !self.guard.contains(m.sid, m.author, &opened.msg_id) {
                     self.emit(&format!("msg {sid_hex} {} {}", escape(&author.name), escape(&opened.text)));
-                    let _ = self.guard.save(&self.guard_path);
+                    if let Err(e) = self.guard.append(&self.guard_path, m.sid, m.author, opened.msg_id) {
+                        self.emit(&format!("error msg cannot record the message as seen: {}", escape(&e.to_string())));
+                    }
                 } else {
                     self.emit(&format!("error msg {sid_hex} replayed message from {}", escape(&author.name)));
                 }

@@ -516,8 +516,10 @@ pub const MAX_SEEN_IDS: usize = 100_000;
 pub const SEEN_FILE_MAGIC: [u8; 8] = *b"MPSEEN1\n";
 /// One record in the file: sid (8), author uid (8), message id (16).
 const SEEN_RECORD_LEN: usize = 8 + 8 + MSG_ID_LEN;
-/// Largest [`ReplayGuard`] file read: the magic and [`MAX_SEEN_IDS`] records.
-pub const MAX_SEEN_FILE_LEN: usize = SEEN_FILE_MAGIC.len() + MAX_SEEN_IDS * SEEN_RECORD_LEN;
+/// Largest [`ReplayGuard`] file read: the magic and twice [`MAX_SEEN_IDS`] records
+/// (ids are appended one by one and the file is rewritten with the remembered ones
+/// when it holds twice the limit).
+pub const MAX_SEEN_FILE_LEN: usize = SEEN_FILE_MAGIC.len() + 2 * MAX_SEEN_IDS * SEEN_RECORD_LEN;
 
 type SeenId = (u64, u64, [u8; MSG_ID_LEN]);
 
@@ -535,6 +537,8 @@ pub struct ReplayGuard {
     set: HashSet<SeenId>,
     order: VecDeque<SeenId>,
     limit: usize,
+    /// Records in the file it was loaded from or last written to.
+    on_disk: usize,
 }
 
 impl Default for ReplayGuard {
@@ -556,6 +560,7 @@ impl ReplayGuard {
             set: HashSet::new(),
             order: VecDeque::new(),
             limit: limit.clamp(1, MAX_SEEN_IDS),
+            on_disk: 0,
         }
     }
 
@@ -623,9 +628,8 @@ impl ReplayGuard {
         let Some(records) = data.strip_prefix(&SEEN_FILE_MAGIC[..]) else {
             return Err(bad("not a seen-message file (bad magic)"));
         };
-        if records.len() % SEEN_RECORD_LEN != 0 {
-            return Err(bad("truncated record"));
-        }
+        // A partial last record is an append cut short by a crash: it was never
+        // synced, so the message it names was never acknowledged; drop it.
         let mut guard = ReplayGuard::new();
         for rec in records.chunks_exact(SEEN_RECORD_LEN) {
             let mut sid = [0u8; 8];
@@ -634,17 +638,37 @@ impl ReplayGuard {
             sid.copy_from_slice(&rec[..8]);
             author.copy_from_slice(&rec[8..16]);
             msg_id.copy_from_slice(&rec[16..]);
-            if !guard.check_and_record(u64::from_be_bytes(sid), u64::from_be_bytes(author), msg_id)
-            {
-                return Err(bad("repeated record"));
-            }
+            // An id can appear twice: forgotten past the limit, then seen again.
+            guard.check_and_record(u64::from_be_bytes(sid), u64::from_be_bytes(author), msg_id);
         }
+        guard.on_disk = records.len() / SEEN_RECORD_LEN;
         Ok(guard)
+    }
+
+    /// Records that `(sid, author, msg_id)` was shown, durably, at constant cost: the
+    /// record is appended to `path` and synced; the file is rewritten with just the
+    /// remembered ids once it holds twice the limit (or when there is none yet).
+    pub fn append(&mut self, path: &Path, sid: u64, author: u64, msg_id: [u8; MSG_ID_LEN]) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        self.check_and_record(sid, author, msg_id);
+        if self.on_disk == 0 || self.on_disk >= 2 * self.limit {
+            return self.save(path);
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).mode(0o600).open(path)?;
+        let mut rec = [0u8; SEEN_RECORD_LEN];
+        rec[..8].copy_from_slice(&sid.to_be_bytes());
+        rec[8..16].copy_from_slice(&author.to_be_bytes());
+        rec[16..].copy_from_slice(&msg_id);
+        f.write_all(&rec)?;
+        f.sync_data()?;
+        self.on_disk += 1;
+        Ok(())
     }
 
     /// Writes the guard to `path` atomically, mode 0600 (the ids reveal who wrote how
     /// much, when, in which session).
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    pub fn save(&mut self, path: &Path) -> io::Result<()> {
         let mut data =
             Vec::with_capacity(SEEN_FILE_MAGIC.len() + self.order.len() * SEEN_RECORD_LEN);
         data.extend_from_slice(&SEEN_FILE_MAGIC);
@@ -653,13 +677,31 @@ impl ReplayGuard {
             data.extend_from_slice(&author.to_be_bytes());
             data.extend_from_slice(msg_id);
         }
-        fsutil::atomic_write(path, &data, 0o600)
+        fsutil::atomic_write(path, &data, 0o600)?;
+        self.on_disk = self.order.len();
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_ids_are_compacted_once_the_file_holds_twice_the_limit() {
+        let dir = std::env::temp_dir().join(format!("mpchat-seen-{}", std::process::id()));
+        fsutil::ensure_private_dir(&dir).unwrap();
+        let path = dir.join("seen");
+        let mut g = ReplayGuard::with_limit(2);
+        for i in 0..7u8 {
+            g.append(&path, 1, 2, [i; MSG_ID_LEN]).unwrap();
+            let records = (std::fs::metadata(&path).unwrap().len() as usize - SEEN_FILE_MAGIC.len()) / SEEN_RECORD_LEN;
+            assert!(records <= 2 * 2 + 1, "the file stays bounded: {records} records");
+        }
+        let loaded = ReplayGuard::load(&path).unwrap();
+        assert!(loaded.contains(1, 2, &[6; MSG_ID_LEN]) && loaded.contains(1, 2, &[5; MSG_ID_LEN]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn max_envelope_len_matches_the_design() {

@@ -381,13 +381,23 @@ fn a_replayed_copy_is_caught_even_after_a_restart() {
     assert!(!restarted.check_and_record(SID, AUTHOR, copy.msg_id));
     assert!(!restarted.check_and_record(SID, AUTHOR, other.msg_id));
 
+    // Appended ids survive a restart too, and a record torn by a crash during an
+    // append is dropped, keeping the ones before it.
+    let third = open_as(0, &seal_to(2, "once more")).unwrap();
+    restarted.append(&path, SID, AUTHOR, third.msg_id).unwrap();
+    let after_append = ReplayGuard::load(&path).unwrap();
+    assert_eq!(after_append.len(), 3);
+    assert!(after_append.contains(SID, AUTHOR, &third.msg_id));
     let mut data = std::fs::read(&path).unwrap();
     data.pop();
     std::fs::write(&path, &data).unwrap();
-    assert!(
-        ReplayGuard::load(&path).is_err(),
-        "a truncated record is refused"
-    );
+    let torn = ReplayGuard::load(&path).unwrap();
+    assert_eq!(torn.len(), 2, "the torn last record is dropped");
+    assert!(torn.contains(SID, AUTHOR, &other.msg_id));
+    let mut bad = data.clone();
+    bad[0] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    assert!(ReplayGuard::load(&path).is_err(), "a file without the magic is refused");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
