@@ -83,12 +83,7 @@ fn a_client_reconnects_after_the_server_restarts_and_carries_on() {
     let u = users(&server, &["alice", "bob"]);
     let mut alice = Client::start(&server, &u[0]);
     let mut bob = Client::start(&server, &u[1]);
-    bob.send("/status");
-    bob.expect("status none");
-    alice.send("/init bob");
-    let sid = sid_of(&bob.expect("invite "));
-    bob.send(&format!("/accept {sid}"));
-    alice.expect("init ");
+    let sid = alice_invites_bob(&mut alice, &mut bob);
     alice.send(&format!("/msg {sid} before"));
     assert_eq!(alice.expect("sent "), format!("sent {sid} 1"));
     assert_eq!(bob.expect("msg "), format!("msg {sid} alice before"));
@@ -147,12 +142,7 @@ fn a_killed_client_gets_its_unacknowledged_messages_once_after_restart() {
     let u = users(&server, &["alice", "bob"]);
     let mut alice = Client::start(&server, &u[0]);
     let mut bob = Client::start(&server, &u[1]);
-    bob.send("/status");
-    bob.expect("status none");
-    alice.send("/init bob");
-    let sid = sid_of(&bob.expect("invite "));
-    bob.send(&format!("/accept {sid}"));
-    alice.expect("init ");
+    let sid = alice_invites_bob(&mut alice, &mut bob);
     alice.send(&format!("/msg {sid} one"));
     assert_eq!(bob.expect("msg "), format!("msg {sid} alice one"));
     // Wait until bob's acknowledgement of 1 reached the server, then kill him.
@@ -214,4 +204,15 @@ fn a_damaged_seen_file_stops_the_client_rather_than_dropping_replay_protection()
     let client = Client::start(&server, &u[0]);
     let (status, _) = client.finish();
     assert_eq!(status.code(), Some(1));
+}
+
+/// alice creates a session with bob, who accepts; returns its sid once it is live.
+fn alice_invites_bob(alice: &mut Client, bob: &mut Client) -> String {
+    bob.send("/status");
+    bob.expect("status none");
+    alice.send("/init bob");
+    let sid = sid_of(&bob.expect("invite "));
+    bob.send(&format!("/accept {sid}"));
+    assert_eq!(alice.expect("init "), format!("init {sid} ok"));
+    sid
 }
