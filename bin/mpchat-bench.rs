@@ -46,6 +46,7 @@ const FLAGS: &[&str] = &[
     "--quick",
     "--no-ngircd",
     "--no-plain",
+    "--no-plain-env",
     "--big",
     "--many",
     "--help",

@@ -24,6 +24,7 @@ pub mod encoding;
 pub mod fsutil;
 pub mod login;
 pub mod mtp;
+pub mod outbox;
 pub mod pins;
 pub mod registry;
 pub mod server;

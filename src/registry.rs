@@ -10,15 +10,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
 use crate::mtp::MsgType;
+use crate::outbox::{Outbox, SendError};
 use crate::session::{Answer, InviteAnswer, Record, Refusal, Sessions};
 
 /// Something for a connection's writer thread to do. Small (a pointer and a tag), so
-/// a queue of them costs little per connection: the channel allocates its slots up
-/// front.
+/// a full queue of them costs little.
 #[derive(Debug)]
 pub enum Out {
     /// Seal and send one frame.
@@ -52,7 +51,7 @@ pub struct Conn {
     /// Unique per connection, so a replaced connection cannot unregister its successor.
     pub id: u64,
     /// The writer thread's bounded queue.
-    pub tx: SyncSender<Out>,
+    pub tx: Outbox<Out>,
     /// Set while a [`Out::Wake`] is queued and not yet taken, so wakes coalesce.
     pub wake_pending: Arc<AtomicBool>,
     /// Closes the connection's socket (both threads then end).
@@ -265,7 +264,7 @@ impl Registry {
         let Some(conn) = self.online.get(&uid) else { return };
         match conn.tx.try_send(out) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(SendError::Full(_)) | Err(SendError::Disconnected(_)) => {
                 if let Some(conn) = self.online.remove(&uid) {
                     log::warn!("closing a connection whose outgoing queue is full (uid {uid:016x})");
                     self.doomed.push(conn);

@@ -21,6 +21,7 @@ use crate::accounts::{PasswordGate, UsersFile};
 use crate::crypto::{self, RsaPrivate, RsaPublic};
 use crate::login::{self, ExpectLoginReq, ReplayCache};
 use crate::mtp::{self, MsgType, ReadError};
+use crate::outbox::{self, Inbox};
 use crate::registry::{Conn, Out, Pending, Registry, Requester};
 use crate::session::{self, Limits, Refusal};
 use crate::store::{self, Journal, Snapshot};
@@ -747,7 +748,7 @@ fn connection(
     };
     drop(prelogin);
     let uid = est.uid;
-    let (tx, rx) = mpsc::sync_channel(shared.config.queue_len);
+    let (tx, rx) = outbox::outbox(shared.config.queue_len);
     let wake = Arc::new(AtomicBool::new(false));
     // One socket shared by both threads (a dup per thread would triple the file
     // descriptors a connection costs).
@@ -932,7 +933,7 @@ fn writer(
     shared: &Shared,
     stream: Arc<TcpStream>,
     mut sender: mtp::Sender,
-    rx: ChanReceiver<Out>,
+    rx: Inbox<Out>,
     wake: Arc<AtomicBool>,
     uid: u64,
     login_res: Vec<u8>,
@@ -943,7 +944,7 @@ fn writer(
     let result = (|| -> io::Result<()> {
         (&*stream).write_all(&buf)?;
         buf.clear();
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = rx.recv() {
             let mut next = Some(first);
             while let Some(item) = next {
                 match item {
@@ -959,7 +960,7 @@ fn writer(
                     (&*stream).write_all(&buf)?;
                     buf.clear();
                 }
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
             (&*stream).write_all(&buf)?;
             buf.clear();
