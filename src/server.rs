@@ -289,27 +289,39 @@ struct Timers {
 /// Requests of one connection waiting for their records to be stored.
 #[derive(Default)]
 struct Inflight {
-    count: Mutex<usize>,
+    state: Mutex<InflightState>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct InflightState {
+    count: usize,
+    /// The connection's reader is waiting in [`Inflight::wait_below`]: only then is a
+    /// wake-up (a system call) worth making.
+    waiting: bool,
 }
 
 impl Inflight {
     fn add(&self) {
-        *lock(&self.count) += 1;
+        lock(&self.state).count += 1;
     }
 
     fn done(&self) {
-        let mut c = lock(&self.count);
-        *c = c.saturating_sub(1);
-        self.cv.notify_all();
+        let mut s = lock(&self.state);
+        s.count = s.count.saturating_sub(1);
+        if s.waiting {
+            self.cv.notify_all();
+        }
     }
 
     /// Waits until fewer than `max` requests are waiting for storage.
     fn wait_below(&self, max: usize) {
-        let mut c = lock(&self.count);
-        while *c >= max {
-            c = self.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
+        while s.count >= max {
+            s.waiting = true;
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+        s.waiting = false;
     }
 }
 
@@ -794,10 +806,16 @@ fn connection(
 fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, name: &str, mut receiver: mtp::Receiver) {
     let mut heartbeat_sent = false;
     let inflight = Arc::new(Inflight::default());
+    // The socket's read timeout, set only when it changes (a system call per frame
+    // otherwise).
+    let mut timeout_set = None;
     loop {
         let timeout = if heartbeat_sent { shared.config.heartbeat_timeout } else { shared.config.heartbeat_idle };
-        if stream.set_read_timeout(Some(timeout)).is_err() {
-            return;
+        if timeout_set != Some(timeout) {
+            if stream.set_read_timeout(Some(timeout)).is_err() {
+                return;
+            }
+            timeout_set = Some(timeout);
         }
         let frame = match mtp::read_frame(&mut &*stream) {
             Ok(f) => f,
@@ -956,10 +974,7 @@ fn writer(
                         deliver(shared, &stream, &mut sender, &mut buf, &mut cursors, &mut invited, uid)?;
                     }
                 }
-                if buf.len() >= WRITE_BUFFER {
-                    (&*stream).write_all(&buf)?;
-                    buf.clear();
-                }
+                flush_full(&stream, &mut buf)?;
                 next = rx.try_recv();
             }
             (&*stream).write_all(&buf)?;
@@ -976,6 +991,8 @@ fn writer(
 /// Sends the invitations and stored messages the user has not been sent yet on this
 /// connection: invitations once each, messages in `n` order per session, a batch per
 /// lock acquisition, so a large backlog is paced by the socket rather than queued.
+/// Stops after a lock acquisition that found no session with a full batch: anything
+/// stored after that comes with its own wake.
 #[allow(clippy::too_many_arguments)] // the writer's state, passed apart to borrow it apart
 fn deliver(
     shared: &Shared,
@@ -986,46 +1003,50 @@ fn deliver(
     invited: &mut HashSet<u64>,
     uid: u64,
 ) -> io::Result<()> {
-    // Unanswered invitations first, each once per connection.
-    let invites: Vec<(u64, u64)> = lock(&shared.registry)
-        .pending_invites(uid)
-        .into_iter()
-        .filter(|(sid, _)| !invited.contains(sid))
-        .collect();
-    for (sid, creator) in invites {
-        invited.insert(sid);
-        sender.seal_into(MsgType::InviteReq, sid, creator, &[], buf).map_err(io::Error::other)?;
-        if buf.len() >= WRITE_BUFFER {
-            (&*stream).write_all(buf)?;
-            buf.clear();
-        }
-    }
+    let mut batch = Vec::new();
+    let mut invites = Vec::new();
+    let mut first = true;
     loop {
-        let mut batch = Vec::new();
+        let mut more = false;
         {
             let reg = lock(&shared.registry);
+            if std::mem::take(&mut first) {
+                // Unanswered invitations first, each once per connection.
+                invites.extend(reg.pending_invites(uid).into_iter().filter(|(sid, _)| invited.insert(*sid)));
+            }
             for (sid, acked) in reg.delivery_points(uid) {
                 let cursor = cursors.entry(sid).or_insert(acked);
                 *cursor = (*cursor).max(acked);
                 if let Some(msgs) = reg.pending_for(uid, sid, *cursor, DELIVERY_BATCH) {
+                    more |= msgs.len() == DELIVERY_BATCH;
                     batch.extend(msgs.into_iter().map(|(n, author, env)| (sid, n, author, env)));
                 }
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        for (sid, creator) in invites.drain(..) {
+            sender.seal_into(MsgType::InviteReq, sid, creator, &[], buf).map_err(io::Error::other)?;
+            flush_full(stream, buf)?;
         }
-        for (sid, n, author, envelope) in batch {
+        for (sid, n, author, envelope) in batch.drain(..) {
             sender
                 .seal_into(MsgType::MsgReq, sid, author, &[&n.to_be_bytes(), &envelope], buf)
                 .map_err(io::Error::other)?;
-            if buf.len() >= WRITE_BUFFER {
-                (&*stream).write_all(buf)?;
-                buf.clear();
-            }
+            flush_full(stream, buf)?;
             cursors.insert(sid, n);
         }
+        if !more {
+            return Ok(());
+        }
     }
+}
+
+/// Writes `buf` out once it holds [`WRITE_BUFFER`] bytes.
+fn flush_full(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    if buf.len() >= WRITE_BUFFER {
+        (&*stream).write_all(buf)?;
+        buf.clear();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

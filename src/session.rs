@@ -143,8 +143,7 @@ impl Session {
         let skip = self.messages.front().map_or(0, |m| after.saturating_sub(m.n - 1) as usize);
         let durable = self.durable_n;
         self.messages
-            .iter()
-            .skip(skip)
+            .range(skip.min(self.messages.len())..)
             .take_while(move |m| m.n <= durable)
             .filter(move |m| m.n > after && m.author != uid)
     }
