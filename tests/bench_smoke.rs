@@ -81,6 +81,7 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
         "\"system\": \"mpchat\", \"param\": \"iterations=1000\", \"metric\": \"server_cpu_ms_per_login\"",
         "\"system\": \"group-commit\", \"param\": \"senders=2\", \"metric\": \"acked_per_s\"",
         "\"system\": \"fsync-per-request\", \"param\": \"senders=2\", \"metric\": \"acked_per_s\"",
+        "\"system\": \"group-commit\", \"param\": \"senders=2 window=32\", \"metric\": \"acked_per_s\"",
         "\"metric\": \"build_ms\"",
     ] {
         assert!(text.contains(key), "no {key} in\n{text}");
