@@ -30,3 +30,4 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod threads;

@@ -25,6 +25,7 @@ use crate::outbox::{self, Inbox};
 use crate::registry::{Conn, Out, Pending, Registry, Requester};
 use crate::session::{self, Limits, Refusal};
 use crate::store::{self, Journal, Snapshot};
+use crate::threads::{ThreadCache, IDLE_THREAD_LINGER};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:5150";
@@ -50,7 +51,7 @@ const DELIVERY_BATCH: usize = 64;
 /// Bytes a writer gathers before one write system call.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// Stack of the thread that runs a connection's login (RSA and PBKDF2 go deep). It
-/// ends after the login, so what it touched is not kept for an idle connection.
+/// is done after the login, so what it touched is not kept for an idle connection.
 const LOGIN_STACK: usize = 256 * 1024;
 /// Stack of a logged-in connection's reader and writer threads: they parse, seal and
 /// open frames only (measured at 8 to 12 KiB touched).
@@ -74,13 +75,22 @@ pub const MAPS_PER_CONNECTION: usize = 8;
 const MAPS_PER_LOGIN: usize = 4;
 /// Memory mappings left for everything else (allocator arenas, files, libraries).
 const MAPS_RESERVE: usize = 2048;
+/// Finished login threads kept waiting for the next login (see [`ThreadCache`]):
+/// PBKDF2 runs one per core, so more than a few are seldom busy at once.
+const IDLE_LOGIN_THREADS: usize = 8;
+/// Finished reader and writer threads kept waiting for the next connection: enough
+/// for a burst of reconnections, at about 12 KiB each.
+const IDLE_CONNECTION_THREADS: usize = 64;
+/// Memory mappings the waiting threads of both caches cost at most.
+const MAPS_CACHED_THREADS: usize = (IDLE_LOGIN_THREADS + IDLE_CONNECTION_THREADS) * MAPS_PER_LOGIN;
 
 /// The most connections `vm.max_map_count` allows, given the mappings in use now.
 /// Past that limit a new thread cannot map its signal stack and the Rust runtime
 /// aborts the whole process, so the server lowers `--max-connections` to this instead
 /// (and says so): a refused connection rather than every user dropped.
 pub fn connection_capacity(max_map_count: usize, maps_now: usize, max_prelogin: usize) -> usize {
-    max_map_count.saturating_sub(maps_now + MAPS_RESERVE + max_prelogin * MAPS_PER_LOGIN) / MAPS_PER_CONNECTION
+    max_map_count.saturating_sub(maps_now + MAPS_RESERVE + MAPS_CACHED_THREADS + max_prelogin * MAPS_PER_LOGIN)
+        / MAPS_PER_CONNECTION
 }
 
 /// Lowers `config.max_connections` to what this kernel's `vm.max_map_count` allows.
@@ -96,7 +106,11 @@ fn fit_connections_to_map_count(config: &mut Config) {
             "vm.max_map_count is {max_maps}, enough for about {capacity} connections: serving at most {capacity} \
              instead of {}; raise it (sysctl vm.max_map_count={}) to serve more",
             config.max_connections,
-            (config.max_connections * MAPS_PER_CONNECTION + maps_now + MAPS_RESERVE + config.max_prelogin * MAPS_PER_LOGIN)
+            (config.max_connections * MAPS_PER_CONNECTION
+                + maps_now
+                + MAPS_RESERVE
+                + MAPS_CACHED_THREADS
+                + config.max_prelogin * MAPS_PER_LOGIN)
                 .next_power_of_two()
                 .max(262_144)
         );
@@ -346,6 +360,8 @@ struct Shared {
     timers: Timers,
     warnings: WarnLimiter,
     journal_tx: mpsc::Sender<Batch>,
+    login_threads: ThreadCache,
+    connection_threads: ThreadCache,
 }
 
 impl Shared {
@@ -436,6 +452,8 @@ impl Server {
             timers: Timers { heap: Mutex::new(BinaryHeap::new()), cv: Condvar::new() },
             warnings: WarnLimiter::new(),
             journal_tx,
+            login_threads: ThreadCache::new(LOGIN_STACK, IDLE_LOGIN_THREADS, IDLE_THREAD_LINGER),
+            connection_threads: ThreadCache::new(CONNECTION_STACK, IDLE_CONNECTION_THREADS, IDLE_THREAD_LINGER),
             config,
         });
         Ok(Server { listener, shared, journal: Some((recovered.journal, journal_rx)), _state_lock: state_lock })
@@ -530,7 +548,7 @@ impl Server {
         }
         sh.total.fetch_add(1, Ordering::AcqRel);
         let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new().stack_size(LOGIN_STACK).spawn(move || {
+        let spawned = sh.login_threads.spawn(move || {
             let total = TotalGuard(shared.clone());
             let prelogin = PreloginGuard(&shared.prelogin, id);
             connection(&shared, stream, peer, id, prelogin, total);
@@ -779,15 +797,15 @@ fn connection(
     log::info!("{peer}: {name} logged in");
     let sh = shared.clone();
     let sender = est.sender;
-    let writer_spawned = std::thread::Builder::new()
-        .stack_size(CONNECTION_STACK)
+    let writer_spawned = shared
+        .connection_threads
         .spawn(move || writer(&sh, write_half, sender, rx, wake, uid, login_res));
-    // The reader continues on a fresh small thread; this one, whose stack and
-    // allocator caches grew during the login's RSA and PBKDF2 work, ends.
+    // The reader continues on a small connection thread; this one, whose stack grew
+    // during the login's RSA and PBKDF2 work, goes back to the login threads.
     let sh = shared.clone();
     let receiver = est.receiver;
     let reader_spawned = writer_spawned.is_ok().then(|| {
-        std::thread::Builder::new().stack_size(CONNECTION_STACK).spawn(move || {
+        shared.connection_threads.spawn(move || {
             let me = Requester { uid, conn: id };
             serve(&sh, &stream, peer, me, &name, receiver);
             sh.with_registry(|reg| reg.logout(uid, id));
@@ -1055,7 +1073,8 @@ mod tests {
 
     #[test]
     fn connection_capacity_leaves_room_for_logins_and_everything_else() {
-        assert_eq!(connection_capacity(65_530, 100, 64), (65_530 - 100 - 2048 - 256) / 8);
+        // 2048 reserved, 72 waiting threads and 64 login threads at 4 mappings each.
+        assert_eq!(connection_capacity(65_530, 100, 64), (65_530 - 100 - 2048 - 288 - 256) / 8);
         assert_eq!(connection_capacity(1_000, 100, 64), 0);
         assert!(connection_capacity(1 << 20, 100, 64) > DEFAULT_MAX_CONNECTIONS);
     }
