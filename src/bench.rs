@@ -3647,7 +3647,7 @@ pub fn render(report: &Report, o: &Options) -> String {
                 report.get("durability", "group-commit", &p, "acked_per_s"),
                 report.get("durability", "fsync-per-request", &p, "acked_per_s"),
             );
-            t.push_str(&format!("  window {window}: group commit / one fsync per request: {}x\n", num(gc, 1)));
+            t.push_str(&format!("  window {window}: group commit / one fsync per message: {}x\n", num(gc, 1)));
         }
         t.push_str(&format!(
             "this disk: {} fsyncs/s of a 128-byte append\n",

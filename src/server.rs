@@ -588,7 +588,7 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
         let mut current = current;
         let entries: Vec<(u64, session::Record)> =
             current.iter_mut().flat_map(|b| std::mem::take(&mut b.pending.records)).collect();
-        let stored = journal.append(&entries);
+        let stored = if needs_sync(&entries) { journal.append(&entries) } else { journal.append_unsynced(&entries) };
         let doomed = {
             let mut reg = lock(&shared.registry);
             for b in &stale {
@@ -646,6 +646,16 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
             }
         }
     }
+}
+
+/// Whether a group must be on disk before what waits for it is carried out. A group
+/// of acknowledgements only need not: nothing waits for an acknowledgement (it has
+/// no reply), and one lost in a power cut only means its messages are delivered
+/// again, which clients drop as duplicates by `n`. Such a group is written at once
+/// and becomes durable with the next group's fsync, so a receiver's acknowledgements
+/// do not double the fsyncs per message.
+fn needs_sync(entries: &[(u64, session::Record)]) -> bool {
+    !entries.iter().all(|(_, r)| matches!(r, session::Record::Ack { .. }))
 }
 
 /// A short reason for a failed write, for the client's error line.
@@ -1070,6 +1080,17 @@ fn flush_full(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_groups_of_acknowledgements_skip_the_fsync() {
+        use session::Record;
+        let ack = |n| (n, Record::Ack { sid: 7, uid: 9, n });
+        assert!(!needs_sync(&[ack(1)]));
+        assert!(!needs_sync(&[ack(1), ack(2)]));
+        let close = (3, Record::Close { sid: 7 });
+        assert!(needs_sync(&[ack(1), close.clone()]));
+        assert!(needs_sync(&[close]));
+    }
 
     #[test]
     fn connection_capacity_leaves_room_for_logins_and_everything_else() {

@@ -1226,7 +1226,8 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     file_id: u64,
-    /// Length of the file's good, durable part: where the next batch goes.
+    /// Length of the file's good part (durable up to the last synced batch): where
+    /// the next batch goes.
     len: u64,
     /// The highest LSN written (or recovered); appended LSNs must exceed it.
     last_lsn: u64,
@@ -1243,6 +1244,18 @@ impl Journal {
     /// cut back to its previous length (so no partial write can sit before later
     /// entries), the error is returned, and the journal stays usable.
     pub fn append(&mut self, entries: &[(u64, Record)]) -> io::Result<()> {
+        self.write_batch(entries, true)
+    }
+
+    /// [`Journal::append`] without the `fdatasync`: the batch is written, and durable
+    /// once a later [`Journal::append`] (or a compaction) syncs the file. For records
+    /// nothing waits for and whose loss in a power cut is harmless. A crash before
+    /// that sync leaves at most a torn last batch, which recovery drops.
+    pub fn append_unsynced(&mut self, entries: &[(u64, Record)]) -> io::Result<()> {
+        self.write_batch(entries, false)
+    }
+
+    fn write_batch(&mut self, entries: &[(u64, Record)], sync: bool) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -1270,7 +1283,10 @@ impl Journal {
         });
         let result = encoded.and_then(|()| {
             self.file.write_all_at(&buf, batch)?;
-            self.file.sync_data()
+            if sync {
+                self.file.sync_data()?;
+            }
+            Ok(())
         });
         match &result {
             Ok(()) => {

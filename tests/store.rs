@@ -357,6 +357,29 @@ fn recovery_after_appends_reproduces_the_same_sessions() {
 }
 
 #[test]
+fn unsynced_batches_are_read_back_and_later_batches_follow_them() {
+    let (dir, _, records) = journal_with_history("unsynced");
+    let mut r = recover_ok(&dir);
+    let acks: Vec<Record> = (3..=4)
+        .map(|n| Record::Ack {
+            sid: SID1,
+            uid: B,
+            n,
+        })
+        .collect();
+    let lsn = r.last_lsn;
+    r.journal.append_unsynced(&numbered(&acks[..1], lsn + 1)).unwrap();
+    r.journal.append(&numbered(&acks[1..], lsn + 2)).unwrap();
+    assert_eq!(r.journal.last_lsn(), lsn + 2);
+    drop(r);
+    let mut all = records.clone();
+    all.extend(acks);
+    let back = recover_ok(&dir);
+    assert_eq!(back.last_lsn, lsn + 2);
+    assert_eq!(dump(&back.sessions), dump(&state_of(&all)));
+}
+
+#[test]
 fn one_batch_of_many_records_is_recovered_whole() {
     let dir = TempDir::new("batch");
     let records = history();
