@@ -17,6 +17,7 @@ usage: mpchat-bench [--quick] [--runs N] [--json FILE] [--mpchatd PATH]
                     [--sizes LIST] [--big] [--idle LIST] [--many]
                     [--login-iterations LIST] [--senders N]
                     [--time-scale F] [--wait-idle SECS] [--mpchatd-flags FLAGS]
+                    [--target ADDR:PORT --target-state-dir DIR]
        mpchat-bench --serve-plain-relay ADDR:PORT
        mpchat-bench --help | --version
 
@@ -25,6 +26,7 @@ ngIRCd and a built-in plaintext relay on the same workloads; prints medians and 
 ratios, and writes raw results with --json. --quick is the short run of `make bench`.
 LIST is comma-separated; --only takes relay,envelope,login,memory,durability.
 --big adds 200-participant sessions, --many 10,000 idle connections.
+--target measures an mpchatd already running on loopback instead of starting one.
 See mpchat-bench(1).";
 
 const WITH_VALUE: &[&str] = &[
@@ -41,6 +43,8 @@ const WITH_VALUE: &[&str] = &[
     "--wait-idle",
     "--mpchatd-flags",
     "--serve-plain-relay",
+    "--target",
+    "--target-state-dir",
 ];
 const FLAGS: &[&str] = &[
     "--quick",
@@ -194,6 +198,25 @@ fn run() -> Result<ExitCode, Failure> {
         o.login = only.contains(&"login");
         o.memory = only.contains(&"memory");
         o.durability = only.contains(&"durability");
+    }
+    match (opt("--target"), opt("--target-state-dir")) {
+        (None, None) => {}
+        (Some(addr), Some(dir)) => {
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                Failure::Usage(format!("{p}: --target wants ADDR:PORT, such as 127.0.0.1:5150, not {addr:?}"))
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(Failure::Usage(format!(
+                    "{p}: --target must be a loopback address (127.0.0.1 or ::1): the bench's load stays on this machine"
+                )));
+            }
+            o.target = Some(bench::Target { addr, state_dir: PathBuf::from(dir) });
+        }
+        _ => {
+            return Err(Failure::Usage(format!(
+                "{p}: --target and --target-state-dir go together (the bench adds its accounts to that state directory)"
+            )))
+        }
     }
     let json = opt("--json").map(PathBuf::from);
 

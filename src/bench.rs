@@ -487,11 +487,13 @@ impl Drop for TempDir {
     }
 }
 
-/// A server process under test, killed when dropped.
+/// A server process under test: a child, killed when dropped, or a running server
+/// given with `--target`, left alone.
 #[derive(Debug)]
 pub struct Daemon {
     name: &'static str,
-    child: Child,
+    child: Option<Child>,
+    pid: u32,
     /// Where it listens.
     pub addr: SocketAddr,
     log: PathBuf,
@@ -500,14 +502,26 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A server the bench did not start: process `pid`, listening on `addr`.
+    pub fn attached(name: &'static str, pid: u32, addr: SocketAddr) -> Daemon {
+        Daemon { name, child: None, pid, addr, log: PathBuf::new(), _stdin: None }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Fails if the process has exited, with the end of its log.
     pub fn check_alive(&mut self) -> Result<(), BenchError> {
-        match self.child.try_wait() {
+        let Some(child) = self.child.as_mut() else {
+            return if Path::new(&format!("/proc/{}", self.pid)).exists() {
+                Ok(())
+            } else {
+                Err(fail(format!("{} (process {}) has exited", self.name, self.pid)))
+            };
+        };
+        match child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(fail(format!(
                 "{} exited ({status}); its log ends: {}",
@@ -533,8 +547,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -574,7 +590,8 @@ fn spawn_listening(
     let stdin = child.stdin.take();
     let mut daemon = Daemon {
         name,
-        child,
+        pid: child.id(),
+        child: Some(child),
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         log: log.to_path_buf(),
         _stdin: stdin,
@@ -1093,11 +1110,18 @@ pub struct AccountSpec {
 }
 
 impl AccountSpec {
-    /// An account called `name` with a password derived from it.
+    /// An account called `name` with a fresh random password (a `--target` server
+    /// may be reachable by others while the bench's accounts exist).
     pub fn new(name: &str, iterations: u32) -> AccountSpec {
+        let mut secret = [0u8; 12];
+        let password = match crypto::fill_random(&mut secret) {
+            Ok(()) => crate::encoding::hex(&secret),
+            // Without randomness no login can be made either; the bench fails there.
+            Err(_) => String::from("unavailable"),
+        };
         AccountSpec {
             name: name.to_string(),
-            password: format!("bench-{name}-pw"),
+            password,
             iterations,
         }
     }
@@ -1175,7 +1199,128 @@ pub struct MpchatServer {
     pub daemon: Daemon,
     /// The server's public key, which clients need to log in.
     pub key: RsaPublic,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
+    /// For a `--target` server: the accounts to remove when done.
+    added: Option<AddedAccounts>,
+}
+
+/// Accounts the bench added to a running server's state directory.
+struct AddedAccounts {
+    mpchatd: PathBuf,
+    state: PathBuf,
+    names: Vec<String>,
+}
+
+impl Drop for MpchatServer {
+    fn drop(&mut self) {
+        if let Some(a) = &self.added {
+            for name in &a.names {
+                let _ = Command::new(&a.mpchatd)
+                    .arg("userdel")
+                    .arg(name)
+                    .arg("--state-dir")
+                    .arg(&a.state)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// A running mpchatd to measure instead of one the bench starts (`--target`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where it listens (a loopback address).
+    pub addr: SocketAddr,
+    /// Its state directory: the bench adds its accounts there (the server reads the
+    /// users file again when it changes) and reads `server.pub`.
+    pub state_dir: PathBuf,
+}
+
+/// Prefix of the accounts the bench adds to a `--target` server.
+pub const TARGET_ACCOUNT_PREFIX: &str = "mpbench-";
+
+/// Measures the mpchatd of `target` with `accounts_` added to its users file (with
+/// `mpchatd useradd`, which the running server picks up), removed again on drop.
+pub fn attach_mpchatd(mpchatd: &Path, target: &Target, accounts_: &[AccountSpec]) -> Result<MpchatServer, BenchError> {
+    let pub_path = target.state_dir.join(crate::server::SERVER_PUB_FILE);
+    let key = crypto::read_public_key(&pub_path).ctx(|| format!("read the server key {}", pub_path.display()))?;
+    let pid = listener_pid(target.addr).ok_or_else(|| {
+        fail(format!(
+            "no process of this user listens on {}; start mpchatd there, or run mpchat-bench as the server's user",
+            target.addr
+        ))
+    })?;
+    let mut server = MpchatServer {
+        daemon: Daemon::attached("mpchatd", pid, target.addr),
+        key,
+        _dir: None,
+        added: Some(AddedAccounts {
+            mpchatd: mpchatd.to_path_buf(),
+            state: target.state_dir.clone(),
+            names: Vec::new(),
+        }),
+    };
+    for a in accounts_ {
+        create_accounts(mpchatd, &target.state_dir, std::slice::from_ref(a))?;
+        if let Some(added) = server.added.as_mut() {
+            added.names.push(a.name.clone());
+        }
+    }
+    // The server reads the users file again when it notices the change.
+    thread::sleep(TARGET_RELOAD_WAIT);
+    Ok(server)
+}
+
+/// Time for a running server to notice new accounts in its users file.
+const TARGET_RELOAD_WAIT: Duration = Duration::from_millis(1500);
+
+/// The process of this user with a socket listening on `addr` (or on the wildcard
+/// address of its port), found through `/proc/net/tcp` and the processes' open files.
+pub fn listener_pid(addr: SocketAddr) -> Option<u32> {
+    let table = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let text = fs::read_to_string(table).ok()?;
+    let inodes: Vec<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            let (ip_hex, port_hex) = local.split_once(':')?;
+            let port = u16::from_str_radix(port_hex, 16).ok()?;
+            let wildcard = ip_hex.bytes().all(|b| b == b'0');
+            let ip_matches = wildcard || proc_net_ip(ip_hex) == Some(addr.ip());
+            (*state == "0A" && port == addr.port() && ip_matches).then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    fs::read_dir("/proc").ok()?.flatten().find_map(|proc_dir| {
+        let pid: u32 = proc_dir.file_name().to_str()?.parse().ok()?;
+        let fds = fs::read_dir(proc_dir.path().join("fd")).ok()?;
+        fds.flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .any(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
+            .then_some(pid)
+    })
+}
+
+/// An address as `/proc/net/tcp{,6}` writes it: 32-bit words in host (little-endian)
+/// byte order.
+fn proc_net_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect::<Option<_>>()?;
+    let mut out = Vec::with_capacity(bytes.len());
+    for word in bytes.chunks(4) {
+        out.extend(word.iter().rev());
+    }
+    match out.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(out).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(out).ok()?)),
+        _ => None,
+    }
 }
 
 /// Starts `mpchatd` on 127.0.0.1 port 0 in a fresh state directory holding
@@ -1206,7 +1351,8 @@ pub fn start_mpchatd(
     Ok(MpchatServer {
         daemon,
         key: server_key.public(),
-        _dir: dir,
+        _dir: Some(dir),
+        added: None,
     })
 }
 
@@ -1651,7 +1797,8 @@ pub fn start_ngircd(bin: &Path) -> Result<Ngircd, BenchError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut daemon = Daemon {
         name: "ngircd",
-        child,
+        pid: child.id(),
+        child: Some(child),
         addr,
         log,
         _stdin: None,
@@ -2686,6 +2833,8 @@ pub struct Options {
     pub wait_idle: Duration,
     /// Extra flags for every `mpchatd` started (for experiments: `--queue-len 64`).
     pub mpchatd_flags: Vec<String>,
+    /// Measure this running mpchatd instead of starting one.
+    pub target: Option<Target>,
 }
 
 /// The machine counts as idle below this fraction of its CPU in use.
@@ -2726,6 +2875,17 @@ impl Options {
             key_bits: crate::pins::DEFAULT_KEY_BITS,
             wait_idle: Duration::ZERO,
             mpchatd_flags: Vec::new(),
+            target: None,
+        }
+    }
+
+    /// What the bench's account names start with: [`TARGET_ACCOUNT_PREFIX`] on a
+    /// `--target` server, so they cannot clash with its users.
+    pub fn account_prefix(&self) -> &'static str {
+        if self.target.is_some() {
+            TARGET_ACCOUNT_PREFIX
+        } else {
+            ""
         }
     }
 
@@ -2766,6 +2926,15 @@ impl Bench<'_> {
         accounts_: &[AccountSpec],
         extra: &[&str],
     ) -> Result<MpchatServer, BenchError> {
+        if let Some(target) = &self.o.target {
+            if !extra.is_empty() {
+                return Err(BenchError::Skip(format!(
+                    "needs a server started with {} (not possible with --target)",
+                    extra.join(" ")
+                )));
+            }
+            return attach_mpchatd(&self.o.mpchatd, target, accounts_);
+        }
         let mut flags: Vec<&str> = extra.to_vec();
         flags.extend(self.o.mpchatd_flags.iter().map(String::as_str));
         start_mpchatd(&self.o.mpchatd, tag, &self.server_key, accounts_, &flags)
@@ -2927,7 +3096,10 @@ fn describe_machine(o: &Options, busy: Option<f64>, r: &mut Report) {
         "cpu busy before start %",
         busy.map_or("unknown".into(), |b| format!("{:.0}", b * 100.0)),
     );
-    about("mpchatd", o.mpchatd.display().to_string());
+    match &o.target {
+        Some(t) => about("mpchatd", format!("running on {} (state {})", t.addr, t.state_dir.display())),
+        None => about("mpchatd", o.mpchatd.display().to_string()),
+    }
     about(
         "ngircd",
         match &o.ngircd {
@@ -3034,6 +3206,7 @@ fn record_relay(
 
 fn relay(b: &mut Bench) -> Result<(), BenchError> {
     let o = b.o;
+    let prefix = o.account_prefix();
     let mut per_size: HashMap<usize, Vec<AccountSpec>> = HashMap::new();
     for &s in o
         .sizes
@@ -3042,7 +3215,7 @@ fn relay(b: &mut Bench) -> Result<(), BenchError> {
     {
         per_size.entry(s).or_insert_with(|| {
             (0..s)
-                .map(|i| AccountSpec::new(&format!("r{s}-{i}"), LOW_ITERATIONS))
+                .map(|i| AccountSpec::new(&format!("{prefix}r{s}-{i}"), LOW_ITERATIONS))
                 .collect()
         });
     }
@@ -3151,11 +3324,12 @@ fn relay(b: &mut Bench) -> Result<(), BenchError> {
 
 fn login(b: &mut Bench) -> Result<(), BenchError> {
     let o = b.o;
+    let prefix = o.account_prefix();
     let clients = o.login_clients.max(1);
     let accts: Vec<AccountSpec> = o
         .login_iterations
         .iter()
-        .flat_map(|&it| (0..clients).map(move |c| AccountSpec::new(&format!("l{it}-{c}"), it)))
+        .flat_map(|&it| (0..clients).map(move |c| AccountSpec::new(&format!("{prefix}l{it}-{c}"), it)))
         .collect();
     b.say(format!(
         "login: starting mpchatd with {} accounts",
@@ -3306,23 +3480,18 @@ fn record_memory(b: &mut Bench, system: &str, n: usize, fig: Result<MemoryFigure
 
 fn memory(b: &mut Bench) -> Result<(), BenchError> {
     let o = b.o;
+    let prefix = o.account_prefix();
     for &n in &o.idle_connections {
         let accts: Vec<AccountSpec> = (0..n)
-            .map(|i| AccountSpec::new(&format!("i{i}"), LOW_ITERATIONS))
+            .map(|i| AccountSpec::new(&format!("{prefix}i{i}"), LOW_ITERATIONS))
             .collect();
         b.say(format!("memory: starting mpchatd with {n} accounts"));
-        // Idle connections are held without reading, so heartbeats are made rare.
+        // Idle connections are held without reading, so heartbeats are made rare (a
+        // --target server keeps its own settings: the hold is shorter than a heartbeat).
+        let max_connections = (n + 100).to_string();
+        let flags = ["--heartbeat", "3600", "--max-connections", &max_connections];
         let fig = b
-            .mpchatd(
-                "memory",
-                &accts,
-                &[
-                    "--heartbeat",
-                    "3600",
-                    "--max-connections",
-                    &(n + 100).to_string(),
-                ],
-            )
+            .mpchatd("memory", &accts, if o.target.is_some() { &[] } else { &flags })
             .and_then(|mut mp| {
                 let (addr, key) = (mp.daemon.addr, mp.key.clone());
                 hold_idle(&mut mp.daemon, n, 2, o.settle, |i| {
@@ -3367,6 +3536,11 @@ fn durability_param(senders: usize, window: u64) -> String {
 
 fn durability(b: &mut Bench) -> Result<(), BenchError> {
     let o = b.o;
+    if o.target.is_some() {
+        return Err(BenchError::Skip(
+            "it compares group commit with --max-group 1 on servers the bench starts; not with --target".into(),
+        ));
+    }
     let senders = o.durability_senders.max(1);
     let accts: Vec<AccountSpec> = (0..senders)
         .flat_map(|i| {

@@ -3,8 +3,12 @@
 //! that the bench runs, checks every message and writes its results; it asserts no
 //! timing (figures on shared machines are not test material).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+use common::Server;
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mpchat-bench"))
@@ -128,4 +132,63 @@ fn the_plain_relay_listens_on_loopback_only() {
         .expect("run mpchat-bench");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"));
+}
+
+#[test]
+fn a_running_server_is_measured_with_accounts_it_gets_back_without() {
+    let server = Server::start(&[]);
+    server.add_user("alice", "alice's own password");
+    let json = temp_json("target");
+    let out = bench()
+        .args(["--quick", "--time-scale", "0.1", "--runs", "1", "--no-ngircd", "--no-plain-env"])
+        .args(["--only", "relay,login,memory,durability", "--sizes", "3", "--idle", "5"])
+        .args(["--login-iterations", "1000"])
+        .arg("--target")
+        .arg(server.addr.to_string())
+        .arg("--target-state-dir")
+        .arg(&server.state)
+        .arg("--mpchatd")
+        .arg(env!("CARGO_BIN_EXE_mpchatd"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run mpchat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let text = std::fs::read_to_string(&json).expect("the --json file");
+    let _ = std::fs::remove_file(&json);
+    assert!(text.contains(&format!("running on {}", server.addr)), "{text}");
+    for key in [
+        "{\"section\": \"relay-saturated\", \"system\": \"mpchat\", \"param\": \"participants=3\", \"metric\": \"deliveries_per_s\"",
+        "\"system\": \"mpchat\", \"param\": \"iterations=1000\", \"metric\": \"server_cpu_ms_per_login\"",
+        "\"section\": \"memory\", \"system\": \"mpchat\", \"param\": \"connections=5\", \"metric\": \"rss_kib\"",
+    ] {
+        assert!(text.contains(key), "no {key} in\n{text}");
+    }
+    assert!(stdout.contains("durability: it compares group commit"), "{stdout}");
+    // The bench's accounts are gone again; the server's own user is untouched.
+    let users = Command::new(env!("CARGO_BIN_EXE_mpchatd"))
+        .arg("users")
+        .arg("--state-dir")
+        .arg(&server.state)
+        .output()
+        .expect("run mpchatd users");
+    let listed = String::from_utf8_lossy(&users.stdout);
+    assert!(listed.contains("alice") && !listed.contains("mpbench-"), "{listed}");
+}
+
+#[test]
+fn a_target_needs_its_state_directory_and_a_loopback_address() {
+    for (args, says) in [
+        (&["--target", "127.0.0.1:5150"][..], "go together"),
+        (&["--target-state-dir", "/tmp"][..], "go together"),
+        (&["--target", "192.0.2.1:5150", "--target-state-dir", "/tmp"][..], "loopback"),
+        (&["--target", "localhost", "--target-state-dir", "/tmp"][..], "ADDR:PORT"),
+    ] {
+        let out = bench().args(args).output().expect("run mpchat-bench");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
