@@ -14,18 +14,36 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mpchat-bench"))
 }
 
-fn temp_json(tag: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
+/// Runs `cmd` (an `mpchat-bench` with its options) against the built mpchatd with
+/// `--json`, checks that it succeeded, and returns its table and its JSON.
+fn run_with_json(cmd: &mut Command, tag: &str) -> (String, String) {
+    let json = std::env::temp_dir().join(format!(
         "mpchat-bench-smoke-{tag}-{}.json",
         std::process::id()
-    ))
+    ));
+    let out = cmd
+        .arg("--mpchatd")
+        .arg(env!("CARGO_BIN_EXE_mpchatd"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run mpchat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "mpchat-bench failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let text = std::fs::read_to_string(&json).expect("the --json file");
+    let _ = std::fs::remove_file(&json);
+    (stdout, text)
 }
 
 #[test]
 fn a_tiny_run_measures_every_section_and_loses_no_message() {
-    let json = temp_json("run");
-    let out = bench()
-        .args([
+    let (stdout, text) = run_with_json(
+        bench().args([
             "--quick",
             "--time-scale",
             "0.1",
@@ -36,19 +54,8 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
             "--login-iterations",
             "1000",
         ])
-        .args(["--senders", "2", "--runs", "1"])
-        .arg("--mpchatd")
-        .arg(env!("CARGO_BIN_EXE_mpchatd"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run mpchat-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mpchat-bench failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+        .args(["--senders", "2", "--runs", "1"]),
+        "run",
     );
     for heading in [
         "Relay, saturated",
@@ -63,8 +70,6 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
             "no {heading:?} in the table:\n{stdout}"
         );
     }
-    let text = std::fs::read_to_string(&json).expect("the --json file");
-    let _ = std::fs::remove_file(&json);
     assert!(text.contains("\"failures\": []"), "{text}");
     let ngircd = Path::new("/usr/sbin/ngircd").is_file();
     let mut systems = vec!["mpchat", "plain"];
@@ -138,26 +143,17 @@ fn the_plain_relay_listens_on_loopback_only() {
 fn a_running_server_is_measured_with_accounts_it_gets_back_without() {
     let server = Server::start(&[]);
     server.add_user("alice", "alice's own password");
-    let json = temp_json("target");
-    let out = bench()
-        .args(["--quick", "--time-scale", "0.1", "--runs", "1", "--no-ngircd", "--no-plain-env"])
-        .args(["--only", "relay,login,memory,durability", "--sizes", "3", "--idle", "5"])
-        .args(["--login-iterations", "1000"])
-        .arg("--target")
-        .arg(server.addr.to_string())
-        .arg("--target-state-dir")
-        .arg(&server.state)
-        .arg("--mpchatd")
-        .arg(env!("CARGO_BIN_EXE_mpchatd"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run mpchat-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    let text = std::fs::read_to_string(&json).expect("the --json file");
-    let _ = std::fs::remove_file(&json);
+    let (stdout, text) = run_with_json(
+        bench()
+            .args(["--quick", "--time-scale", "0.1", "--runs", "1", "--no-ngircd", "--no-plain-env"])
+            .args(["--only", "relay,login,memory,durability", "--sizes", "3", "--idle", "5"])
+            .args(["--login-iterations", "1000"])
+            .arg("--target")
+            .arg(server.addr.to_string())
+            .arg("--target-state-dir")
+            .arg(&server.state),
+        "target",
+    );
     assert!(text.contains(&format!("running on {}", server.addr)), "{text}");
     for key in [
         "{\"section\": \"relay-saturated\", \"system\": \"mpchat\", \"param\": \"participants=3\", \"metric\": \"deliveries_per_s\"",
