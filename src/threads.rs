@@ -12,6 +12,7 @@
 use std::io;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -33,7 +34,7 @@ struct Waiting {
     /// One entry per waiting thread, the most recently finished last: each entry
     /// hands that thread its next job. Taking the newest reuses the threads whose
     /// stacks are warm and lets the others run out their linger.
-    idle: Mutex<Vec<(u64, mpsc::Sender<Job>)>>,
+    idle: Mutex<Vec<(ThreadId, mpsc::Sender<Job>)>>,
 }
 
 impl ThreadCache {
@@ -66,14 +67,13 @@ impl ThreadCache {
 }
 
 impl Waiting {
-    fn waiting(&self) -> MutexGuard<'_, Vec<(u64, mpsc::Sender<Job>)>> {
+    fn waiting(&self) -> MutexGuard<'_, Vec<(ThreadId, mpsc::Sender<Job>)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 fn run(shared: &Waiting, mut job: Job) {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = std::thread::current().id();
     loop {
         job();
         let (tx, rx) = mpsc::channel();
