@@ -41,15 +41,24 @@ fn run() -> Result<(), Failure> {
     let parsed = cli::parse(
         "mpchat",
         args,
-        &["--server", "--server-key", "--user", "--password-file", "--config-dir"],
+        &[
+            "--server",
+            "--server-key",
+            "--user",
+            "--password-file",
+            "--config-dir",
+        ],
         &["--help", "--version"],
     )
     .map_err(usage)?;
-    let (mut server, mut server_key, mut user, mut password_file, mut config_dir) = (None, None, None, None, None);
+    let (mut server, mut server_key, mut user, mut password_file, mut config_dir) =
+        (None, None, None, None, None);
     for arg in parsed {
         match arg {
             Arg::Pos(x) => {
-                return Err(Failure::Usage(format!("mpchat: unexpected argument {x:?}; see mpchat --help")))
+                return Err(Failure::Usage(format!(
+                    "mpchat: unexpected argument {x:?}; see mpchat --help"
+                )))
             }
             Arg::Opt(name, value) => {
                 let v = value.unwrap_or_default();
@@ -71,7 +80,8 @@ fn run() -> Result<(), Failure> {
             }
         }
     }
-    let missing = |what: &str| Failure::Usage(format!("mpchat: {what} is required; see mpchat --help"));
+    let missing =
+        |what: &str| Failure::Usage(format!("mpchat: {what} is required; see mpchat --help"));
     let server = server.ok_or_else(|| missing("--server HOST[:PORT]"))?;
     let server_key_path = server_key.ok_or_else(|| missing("--server-key FILE"))?;
     let user = user.ok_or_else(|| missing("--user NAME"))?;
@@ -89,13 +99,22 @@ fn run() -> Result<(), Failure> {
     let config_dir = config_dir.unwrap_or_else(pins::default_config_dir);
     let password = match password_file {
         Some(p) => client::read_password_file(&p).map_err(|e| {
-            Failure::Runtime(format!("{e}; give --password-file a file whose first line is the password"))
+            Failure::Runtime(format!(
+                "{e}; give --password-file a file whose first line is the password"
+            ))
         })?,
         None => cli::prompt_password(&format!("Password for {user}: ")).map_err(|e| {
-            Failure::Runtime(format!("cannot prompt for a password ({e}); use --password-file FILE"))
+            Failure::Runtime(format!(
+                "cannot prompt for a password ({e}); use --password-file FILE"
+            ))
         })?,
     };
-    let config = Config { server: client::with_default_port(&server), server_key, user, config_dir };
+    let config = Config {
+        server: client::with_default_port(&server),
+        server_key,
+        user,
+        config_dir,
+    };
     let stdin = io::BufReader::new(io::stdin());
     client::run(config, &password, stdin, io::stdout()).map_err(|e| Failure::Runtime(e.0))
 }
@@ -104,27 +123,36 @@ fn keygen(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     let p = "mpchat keygen";
     let mut config_dir = None;
     let mut bits = pins::DEFAULT_KEY_BITS;
-    for arg in cli::parse(p, args, &["--config-dir", "--bits"], &["--help"]).map_err(|e| Failure::Usage(e.0))? {
+    for arg in cli::parse(p, args, &["--config-dir", "--bits"], &["--help"])
+        .map_err(|e| Failure::Usage(e.0))?
+    {
         match arg {
             Arg::Opt(name, v) if name == "--config-dir" => config_dir = v.map(PathBuf::from),
             Arg::Opt(name, v) if name == "--bits" => {
-                bits = cli::number(p, &name, &v.unwrap_or_default()).map_err(|e| Failure::Usage(e.0))?;
+                bits = cli::number(p, &name, &v.unwrap_or_default())
+                    .map_err(|e| Failure::Usage(e.0))?;
                 if !(crypto::MIN_USER_KEY_BITS..=crypto::MAX_USER_KEY_BITS).contains(&bits) {
-                    return Err(Failure::Usage(format!("{p}: --bits must be between 2048 and 4096")));
+                    return Err(Failure::Usage(format!(
+                        "{p}: --bits must be between 2048 and 4096"
+                    )));
                 }
             }
             Arg::Opt(..) => {
                 println!("{USAGE}");
                 return Ok(());
             }
-            Arg::Pos(x) => return Err(Failure::Usage(format!("{p}: unexpected argument {x:?}; see mpchat --help"))),
+            Arg::Pos(x) => {
+                return Err(Failure::Usage(format!(
+                    "{p}: unexpected argument {x:?}; see mpchat --help"
+                )))
+            }
         }
     }
     let dir = config_dir.unwrap_or_else(pins::default_config_dir);
     let (public, path) = pins::keygen(&dir, bits).map_err(|e| match e {
-        pins::PinError::Io { .. } => {
-            Failure::Runtime(format!("{e}; pass --config-dir DIR with a directory you can create or write"))
-        }
+        pins::PinError::Io { .. } => Failure::Runtime(format!(
+            "{e}; pass --config-dir DIR with a directory you can create or write"
+        )),
         e => Failure::Runtime(e.to_string()),
     })?;
     println!("wrote {} ({bits} bits)", path.display());

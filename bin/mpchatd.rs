@@ -121,13 +121,19 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
         }
     }
     let server = Server::bind(config).map_err(|e| Failure::Runtime(e.0))?;
-    let addr = server.local_addr().map_err(|e| Failure::Runtime(e.to_string()))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     println!("listening on {addr}");
     let _ = io::stdout().flush();
     server.run().map_err(|e| Failure::Runtime(e.0))
 }
 
-fn positive<T: std::str::FromStr + PartialOrd + Default>(p: &str, name: &str, v: &str) -> Result<T, UsageError> {
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    p: &str,
+    name: &str,
+    v: &str,
+) -> Result<T, UsageError> {
     let n: T = cli::number(p, name, v)?;
     if n <= T::default() {
         return Err(UsageError(format!("{p}: {name} must be at least 1")));
@@ -141,7 +147,12 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     let mut password_stdin = false;
     let mut iterations = accounts::DEFAULT_ITERATIONS;
     let mut names = Vec::new();
-    for arg in cli::parse(&p, args, &["--state-dir", "--iterations"], &["--password-stdin", "--help"])? {
+    for arg in cli::parse(
+        &p,
+        args,
+        &["--state-dir", "--iterations"],
+        &["--password-stdin", "--help"],
+    )? {
         match arg {
             Arg::Pos(n) => names.push(n),
             Arg::Opt(name, value) => match (name.as_str(), value.unwrap_or_default()) {
@@ -158,27 +169,37 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     }
     let wants_name = sub != "users";
     if wants_name && names.len() != 1 {
-        return Err(Failure::Usage(format!("{p}: give exactly one user name; see mpchatd --help")));
+        return Err(Failure::Usage(format!(
+            "{p}: give exactly one user name; see mpchatd --help"
+        )));
     }
     if !wants_name && !names.is_empty() {
-        return Err(Failure::Usage(format!("{p}: takes no user name; see mpchatd --help")));
+        return Err(Failure::Usage(format!(
+            "{p}: takes no user name; see mpchatd --help"
+        )));
     }
     let rt = |e: accounts::AdminError| Failure::Runtime(e.to_string());
     let password = || -> Result<String, Failure> {
         if password_stdin {
             return accounts::read_password_line(io::stdin().lock()).map_err(|e| {
-                Failure::Runtime(format!("cannot read the password from standard input: {e}; pipe it in as one line"))
+                Failure::Runtime(format!(
+                    "cannot read the password from standard input: {e}; pipe it in as one line"
+                ))
             });
         }
         let prompt = |p: &str| {
             cli::prompt_password(p).map_err(|e| {
-                Failure::Runtime(format!("cannot prompt for a password ({e}); pass --password-stdin and pipe it in"))
+                Failure::Runtime(format!(
+                    "cannot prompt for a password ({e}); pass --password-stdin and pipe it in"
+                ))
             })
         };
         // Twice, as passwd(1) does: a typo nobody saw would lock the user out.
         let first = prompt("Password: ")?;
         if prompt("Retype password: ")? != first {
-            return Err(Failure::Runtime("the two passwords differ; nothing was changed, try again".into()));
+            return Err(Failure::Runtime(
+                "the two passwords differ; nothing was changed, try again".into(),
+            ));
         }
         Ok(first)
     };

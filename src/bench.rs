@@ -504,7 +504,14 @@ pub struct Daemon {
 impl Daemon {
     /// A server the bench did not start: process `pid`, listening on `addr`.
     pub fn attached(name: &'static str, pid: u32, addr: SocketAddr) -> Daemon {
-        Daemon { name, child: None, pid, addr, log: PathBuf::new(), _stdin: None }
+        Daemon {
+            name,
+            child: None,
+            pid,
+            addr,
+            log: PathBuf::new(),
+            _stdin: None,
+        }
     }
 
     /// The process id.
@@ -518,7 +525,10 @@ impl Daemon {
             return if Path::new(&format!("/proc/{}", self.pid)).exists() {
                 Ok(())
             } else {
-                Err(fail(format!("{} (process {}) has exited", self.name, self.pid)))
+                Err(fail(format!(
+                    "{} (process {}) has exited",
+                    self.name, self.pid
+                )))
             };
         };
         match child.try_wait() {
@@ -1244,9 +1254,14 @@ pub const TARGET_ACCOUNT_PREFIX: &str = "mpbench-";
 
 /// Measures the mpchatd of `target` with `accounts_` added to its users file (with
 /// `mpchatd useradd`, which the running server picks up), removed again on drop.
-pub fn attach_mpchatd(mpchatd: &Path, target: &Target, accounts_: &[AccountSpec]) -> Result<MpchatServer, BenchError> {
+pub fn attach_mpchatd(
+    mpchatd: &Path,
+    target: &Target,
+    accounts_: &[AccountSpec],
+) -> Result<MpchatServer, BenchError> {
     let pub_path = target.state_dir.join(crate::server::SERVER_PUB_FILE);
-    let key = crypto::read_public_key(&pub_path).ctx(|| format!("read the server key {}", pub_path.display()))?;
+    let key = crypto::read_public_key(&pub_path)
+        .ctx(|| format!("read the server key {}", pub_path.display()))?;
     let pid = listener_pid(target.addr).ok_or_else(|| {
         fail(format!(
             "no process of this user listens on {}; start mpchatd there, or run mpchat-bench as the server's user",
@@ -1280,7 +1295,11 @@ const TARGET_RELOAD_WAIT: Duration = Duration::from_millis(1500);
 /// The process of this user with a socket listening on `addr` (or on the wildcard
 /// address of its port), found through `/proc/net/tcp` and the processes' open files.
 pub fn listener_pid(addr: SocketAddr) -> Option<u32> {
-    let table = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let table = if addr.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
     let text = fs::read_to_string(table).ok()?;
     let inodes: Vec<String> = text
         .lines()
@@ -1292,7 +1311,8 @@ pub fn listener_pid(addr: SocketAddr) -> Option<u32> {
             let port = u16::from_str_radix(port_hex, 16).ok()?;
             let wildcard = ip_hex.bytes().all(|b| b == b'0');
             let ip_matches = wildcard || proc_net_ip(ip_hex) == Some(addr.ip());
-            (*state == "0A" && port == addr.port() && ip_matches).then(|| format!("socket:[{inode}]"))
+            (*state == "0A" && port == addr.port() && ip_matches)
+                .then(|| format!("socket:[{inode}]"))
         })
         .collect();
     if inodes.is_empty() {
@@ -1311,7 +1331,9 @@ pub fn listener_pid(addr: SocketAddr) -> Option<u32> {
 /// An address as `/proc/net/tcp{,6}` writes it: 32-bit words in host (little-endian)
 /// byte order.
 fn proc_net_ip(hex: &str) -> Option<std::net::IpAddr> {
-    let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect::<Option<_>>()?;
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
     let mut out = Vec::with_capacity(bytes.len());
     for word in bytes.chunks(4) {
         out.extend(word.iter().rev());
@@ -3097,7 +3119,10 @@ fn describe_machine(o: &Options, busy: Option<f64>, r: &mut Report) {
         busy.map_or("unknown".into(), |b| format!("{:.0}", b * 100.0)),
     );
     match &o.target {
-        Some(t) => about("mpchatd", format!("running on {} (state {})", t.addr, t.state_dir.display())),
+        Some(t) => about(
+            "mpchatd",
+            format!("running on {} (state {})", t.addr, t.state_dir.display()),
+        ),
         None => about("mpchatd", o.mpchatd.display().to_string()),
     }
     about(
@@ -3329,7 +3354,9 @@ fn login(b: &mut Bench) -> Result<(), BenchError> {
     let accts: Vec<AccountSpec> = o
         .login_iterations
         .iter()
-        .flat_map(|&it| (0..clients).map(move |c| AccountSpec::new(&format!("{prefix}l{it}-{c}"), it)))
+        .flat_map(|&it| {
+            (0..clients).map(move |c| AccountSpec::new(&format!("{prefix}l{it}-{c}"), it))
+        })
         .collect();
     b.say(format!(
         "login: starting mpchatd with {} accounts",
@@ -3491,7 +3518,11 @@ fn memory(b: &mut Bench) -> Result<(), BenchError> {
         let max_connections = (n + 100).to_string();
         let flags = ["--heartbeat", "3600", "--max-connections", &max_connections];
         let fig = b
-            .mpchatd("memory", &accts, if o.target.is_some() { &[] } else { &flags })
+            .mpchatd(
+                "memory",
+                &accts,
+                if o.target.is_some() { &[] } else { &flags },
+            )
             .and_then(|mut mp| {
                 let (addr, key) = (mp.daemon.addr, mp.key.clone());
                 hold_idle(&mut mp.daemon, n, 2, o.settle, |i| {
@@ -3561,7 +3592,8 @@ fn durability(b: &mut Bench) -> Result<(), BenchError> {
             groups.push(mpchat_group(&mp, pair, &b.keys)?);
         }
         let pid = mp.daemon.pid();
-        for (window, _) in (0..o.runs).flat_map(|r| DURABILITY_WINDOWS.iter().map(move |&w| (w, r))) {
+        for (window, _) in (0..o.runs).flat_map(|r| DURABILITY_WINDOWS.iter().map(move |&w| (w, r)))
+        {
             let tps = b.tps;
             let runs: Vec<Result<RelayRun, BenchError>> = thread::scope(|s| {
                 let hs: Vec<_> = groups
@@ -3821,11 +3853,17 @@ pub fn render(report: &Report, o: &Options) -> String {
                 report.get("durability", "group-commit", &p, "acked_per_s"),
                 report.get("durability", "fsync-per-request", &p, "acked_per_s"),
             );
-            t.push_str(&format!("  window {window}: group commit / one fsync per message: {}x\n", num(gc, 1)));
+            t.push_str(&format!(
+                "  window {window}: group commit / one fsync per message: {}x\n",
+                num(gc, 1)
+            ));
         }
         t.push_str(&format!(
             "this disk: {} fsyncs/s of a 128-byte append\n",
-            num(report.get("durability", "disk", "append+fdatasync", "fsyncs_per_s"), 0)
+            num(
+                report.get("durability", "disk", "append+fdatasync", "fsyncs_per_s"),
+                0
+            )
         ));
     }
     if !report.skipped.is_empty() {

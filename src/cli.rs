@@ -80,7 +80,9 @@ pub fn parse(
             .map_err(|_| UsageError(format!("{program}: arguments must be UTF-8")))?;
         if only_positionals || !arg.starts_with("--") || arg == "-" {
             if !only_positionals && arg.starts_with('-') && arg.len() > 1 {
-                return Err(UsageError(format!("{program}: unknown option {arg}; see {program} --help")));
+                return Err(UsageError(format!(
+                    "{program}: unknown option {arg}; see {program} --help"
+                )));
             }
             out.push(Arg::Pos(arg));
             continue;
@@ -99,26 +101,40 @@ pub fn parse(
                 None => it
                     .next()
                     .and_then(|v| v.into_string().ok())
-                    .ok_or_else(|| UsageError(format!("{program}: {name} needs a value; see {program} --help")))?,
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "{program}: {name} needs a value; see {program} --help"
+                        ))
+                    })?,
             };
             out.push(Arg::Opt(name, Some(value)));
         } else if flags.contains(&name.as_str()) {
             if inline.is_some() {
-                return Err(UsageError(format!("{program}: {name} takes no value; see {program} --help")));
+                return Err(UsageError(format!(
+                    "{program}: {name} takes no value; see {program} --help"
+                )));
             }
             out.push(Arg::Opt(name, None));
         } else {
-            return Err(UsageError(format!("{program}: unknown option {name}; see {program} --help")));
+            return Err(UsageError(format!(
+                "{program}: unknown option {name}; see {program} --help"
+            )));
         }
     }
     Ok(out)
 }
 
 /// Parses a number option.
-pub fn number<T: std::str::FromStr>(program: &str, name: &str, value: &str) -> Result<T, UsageError> {
-    value
-        .parse()
-        .map_err(|_| UsageError(format!("{program}: {name} wants a whole number, not {value:?}")))
+pub fn number<T: std::str::FromStr>(
+    program: &str,
+    name: &str,
+    value: &str,
+) -> Result<T, UsageError> {
+    value.parse().map_err(|_| {
+        UsageError(format!(
+            "{program}: {name} wants a whole number, not {value:?}"
+        ))
+    })
 }
 
 /// Parses a duration in whole seconds.
@@ -133,7 +149,11 @@ pub fn prompt_password(prompt: &str) -> io::Result<String> {
     use std::process::{Command, Stdio};
     let tty = OpenOptions::new().read(true).write(true).open("/dev/tty")?;
     let stty = |arg: &str| -> io::Result<()> {
-        let status = Command::new("stty").arg(arg).stdin(tty.try_clone()?).stderr(Stdio::null()).status()?;
+        let status = Command::new("stty")
+            .arg(arg)
+            .stdin(tty.try_clone()?)
+            .stderr(Stdio::null())
+            .status()?;
         if status.success() {
             Ok(())
         } else {
@@ -160,7 +180,13 @@ mod tests {
 
     #[test]
     fn options_take_values_inline_or_separately() {
-        let got = parse("p", args(&["--a", "1", "--b=2", "--c", "pos"]), &["--a", "--b"], &["--c"]).unwrap();
+        let got = parse(
+            "p",
+            args(&["--a", "1", "--b=2", "--c", "pos"]),
+            &["--a", "--b"],
+            &["--c"],
+        )
+        .unwrap();
         assert_eq!(
             got,
             vec![
@@ -174,9 +200,21 @@ mod tests {
 
     #[test]
     fn unknown_options_and_missing_values_are_usage_errors() {
-        assert!(parse("p", args(&["--x"]), &[], &[]).unwrap_err().0.contains("unknown option --x"));
-        assert!(parse("p", args(&["-x"]), &[], &[]).unwrap_err().0.contains("unknown option -x"));
-        assert!(parse("p", args(&["--a"]), &["--a"], &[]).unwrap_err().0.contains("needs a value"));
-        assert!(parse("p", args(&["--c=1"]), &[], &["--c"]).unwrap_err().0.contains("takes no value"));
+        assert!(parse("p", args(&["--x"]), &[], &[])
+            .unwrap_err()
+            .0
+            .contains("unknown option --x"));
+        assert!(parse("p", args(&["-x"]), &[], &[])
+            .unwrap_err()
+            .0
+            .contains("unknown option -x"));
+        assert!(parse("p", args(&["--a"]), &["--a"], &[])
+            .unwrap_err()
+            .0
+            .contains("needs a value"));
+        assert!(parse("p", args(&["--c=1"]), &[], &["--c"])
+            .unwrap_err()
+            .0
+            .contains("takes no value"));
     }
 }

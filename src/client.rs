@@ -79,7 +79,10 @@ pub fn escape(text: &str) -> String {
             // C1 controls, line separators, and the bidirectional overrides and
             // isolates that would let a peer reorder how the line looks.
             c if (0x80..0xa0).contains(&(c as u32))
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+                )
                 || ('\u{202a}'..='\u{202e}').contains(&c)
                 || ('\u{2066}'..='\u{2069}').contains(&c) =>
             {
@@ -94,7 +97,11 @@ pub fn escape(text: &str) -> String {
 /// Appends `host:5150` when the server address has no port.
 pub fn with_default_port(server: &str) -> String {
     let has_port = match server.rsplit_once(':') {
-        Some((host, port)) => !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!host.contains(':') || host.ends_with(']')),
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
         None => false,
     };
     if has_port {
@@ -105,7 +112,10 @@ pub fn with_default_port(server: &str) -> String {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// A logged-in connection: the socket, and the sending MTP state.
@@ -119,7 +129,12 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver, u64)
     let addrs: Vec<_> = config
         .server
         .to_socket_addrs()
-        .map_err(|e| ClientError(format!("cannot resolve {}: {e}; check --server HOST[:PORT]", config.server)))?
+        .map_err(|e| {
+            ClientError(format!(
+                "cannot resolve {}: {e}; check --server HOST[:PORT]",
+                config.server
+            ))
+        })?
         .collect();
     let mut last = None;
     let mut stream = None;
@@ -136,15 +151,19 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver, u64)
         ClientError(format!(
             "cannot connect to {}: {}; check that mpchatd runs there and the port is right",
             config.server,
-            last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
+            last.map(|e| e.to_string())
+                .unwrap_or_else(|| "no address".into())
         ))
     })?;
     let _ = stream.set_nodelay(true);
     let (frame, expect) = ClientLogin::start(&config.server_key, &config.user, password, now_ns())
         .map_err(|e| ClientError(format!("cannot build the login request: {e}")))?;
-    stream
-        .write_all(&frame)
-        .map_err(|e| ClientError(format!("cannot send the login request to {}: {e}", config.server)))?;
+    stream.write_all(&frame).map_err(|e| {
+        ClientError(format!(
+            "cannot send the login request to {}: {e}",
+            config.server
+        ))
+    })?;
     let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
     let reply = mtp::read_frame(&mut stream).map_err(|e| match e {
         ReadError::Eof | ReadError::Io(_) => ClientError(format!(
@@ -154,9 +173,16 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver, u64)
         ReadError::Idle => ClientError(format!("no login answer from {} in time", config.server)),
         ReadError::Mtp(e) => ClientError(format!("invalid login answer from {}: {e}", config.server)),
     })?;
-    let Established { uid, sender, receiver } = expect
-        .finish(&reply)
-        .map_err(|e| ClientError(format!("invalid login answer from {}: {e}; is --server-key the right key?", config.server)))?;
+    let Established {
+        uid,
+        sender,
+        receiver,
+    } = expect.finish(&reply).map_err(|e| {
+        ClientError(format!(
+            "invalid login answer from {}: {e}; is --server-key the right key?",
+            config.server
+        ))
+    })?;
     let _ = stream.set_read_timeout(None);
     Ok((Link { stream, sender }, receiver, uid))
 }
@@ -169,7 +195,12 @@ enum Event {
     Lost(u64, String),
 }
 
-fn spawn_reader(mut stream: TcpStream, mut receiver: mtp::Receiver, generation: u64, tx: mpsc::Sender<Event>) {
+fn spawn_reader(
+    mut stream: TcpStream,
+    mut receiver: mtp::Receiver,
+    generation: u64,
+    tx: mpsc::Sender<Event>,
+) {
     std::thread::spawn(move || loop {
         let frame = match mtp::read_frame(&mut stream) {
             Ok(f) => f,
@@ -187,7 +218,10 @@ fn spawn_reader(mut stream: TcpStream, mut receiver: mtp::Receiver, generation: 
             Err(e) => {
                 // MTP: a frame that fails a check closes the connection.
                 let _ = stream.shutdown(Shutdown::Both);
-                let _ = tx.send(Event::Lost(generation, format!("rejected a frame from the server: {e}")));
+                let _ = tx.send(Event::Lost(
+                    generation,
+                    format!("rejected a frame from the server: {e}"),
+                ));
                 return;
             }
         }
@@ -242,7 +276,10 @@ fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
     let body = payload.strip_prefix("OK\n")?;
     let mut lines = body.lines();
     let (state, creator) = lines.next()?.split_once(' ')?;
-    let mut view = SessionView { creator: creator.to_string(), members: Vec::new() };
+    let mut view = SessionView {
+        creator: creator.to_string(),
+        members: Vec::new(),
+    };
     let mut raw = vec![format!("{state} {creator}")];
     for line in lines {
         let f: Vec<&str> = line.split(' ').collect();
@@ -288,7 +325,9 @@ impl Received {
         if let Ok(text) = std::fs::read_to_string(&path) {
             for line in text.lines() {
                 if let Some((sid, n)) = line.split_once(' ') {
-                    if let (Some(sid), Some(n)) = (encoding::parse_id(sid), encoding::parse_decimal(n)) {
+                    if let (Some(sid), Some(n)) =
+                        (encoding::parse_id(sid), encoding::parse_decimal(n))
+                    {
                         last.insert(sid, n);
                     }
                 }
@@ -357,7 +396,9 @@ impl<W: Write> Client<W> {
     }
 
     fn send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) -> bool {
-        let Some(link) = self.link.as_mut() else { return false };
+        let Some(link) = self.link.as_mut() else {
+            return false;
+        };
         let frame = match link.sender.seal(typ, sid, self.uid, payload) {
             Ok(f) => f,
             Err(_) => return false,
@@ -371,7 +412,11 @@ impl<W: Write> Client<W> {
 
     fn request_status(&mut self, sid: u64, quiet: bool) {
         if self.send(MsgType::StatusReq, sid, b"") {
-            let map = if quiet { &mut self.status_quiet } else { &mut self.status_wanted };
+            let map = if quiet {
+                &mut self.status_quiet
+            } else {
+                &mut self.status_wanted
+            };
             *map.entry(sid).or_default() += 1;
         }
     }
@@ -485,7 +530,10 @@ impl<W: Write> Client<W> {
                 return Ok(key);
             }
             if self.warned.insert((name.to_string(), key.fingerprint())) {
-                self.emit(&format!("error key the server lists a key that is not yours under your name {}", escape(name)));
+                self.emit(&format!(
+                    "error key the server lists a key that is not yours under your name {}",
+                    escape(name)
+                ));
             }
             return Err(false);
         }
@@ -502,10 +550,21 @@ impl<W: Write> Client<W> {
         }
         match self.pins.check(name, &key) {
             Ok(PinStatus::New) | Ok(PinStatus::Match) => Ok(key),
-            Ok(PinStatus::Changed { old_fingerprint, new_fingerprint }) => {
+            Ok(PinStatus::Changed {
+                old_fingerprint,
+                new_fingerprint,
+            }) => {
                 self.offered.insert(name.to_string(), key.clone());
-                if self.warned.insert((name.to_string(), new_fingerprint.clone())) {
-                    self.emit(&format!("key-changed {} {} {}", escape(name), old_fingerprint, new_fingerprint));
+                if self
+                    .warned
+                    .insert((name.to_string(), new_fingerprint.clone()))
+                {
+                    self.emit(&format!(
+                        "key-changed {} {} {}",
+                        escape(name),
+                        old_fingerprint,
+                        new_fingerprint
+                    ));
                 }
                 Err(true)
             }
@@ -524,20 +583,34 @@ impl<W: Write> Client<W> {
                 if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
                     self.outgoing.push(m);
                 } else {
-                    self.emit(&format!("error msg {} not a participant", encoding::id_hex(m.sid)));
+                    self.emit(&format!(
+                        "error msg {} not a participant",
+                        encoding::id_hex(m.sid)
+                    ));
                 }
                 continue;
             };
             let mut keys = Vec::new();
             let me = self.uid;
             let my_name = self.config.user.clone();
-            for member in view.members.iter().filter(|p| p.answer == "accepted" && p.uid != me && p.name != my_name) {
-                if let Some(key) = member.key.as_deref().and_then(|k| self.usable_key(&member.name, k)) {
+            for member in view
+                .members
+                .iter()
+                .filter(|p| p.answer == "accepted" && p.uid != me && p.name != my_name)
+            {
+                if let Some(key) = member
+                    .key
+                    .as_deref()
+                    .and_then(|k| self.usable_key(&member.name, k))
+                {
                     keys.push((member.uid, key));
                 }
             }
             if keys.is_empty() {
-                self.emit(&format!("error msg {} nobody to encrypt to yet", encoding::id_hex(m.sid)));
+                self.emit(&format!(
+                    "error msg {} nobody to encrypt to yet",
+                    encoding::id_hex(m.sid)
+                ));
                 continue;
             }
             let recipients: Vec<(u64, &RsaPublic)> = keys.iter().map(|(u, k)| (*u, k)).collect();
@@ -546,7 +619,10 @@ impl<W: Write> Client<W> {
                     if self.send(MsgType::MsgReq, m.sid, &env) {
                         self.msgs.entry(m.sid).or_default().push_back(());
                     } else {
-                        self.emit(&format!("error msg {} not connected", encoding::id_hex(m.sid)));
+                        self.emit(&format!(
+                            "error msg {} not connected",
+                            encoding::id_hex(m.sid)
+                        ));
                     }
                 }
                 Err(e) => self.emit(&format!("error msg {} {}", encoding::id_hex(m.sid), e)),
@@ -566,19 +642,29 @@ impl<W: Write> Client<W> {
                 self.incoming.push(m);
                 continue;
             }
-            let author = self.sessions.get(&m.sid).and_then(|s| s.members.iter().find(|p| p.uid == m.author)).cloned();
+            let author = self
+                .sessions
+                .get(&m.sid)
+                .and_then(|s| s.members.iter().find(|p| p.uid == m.author))
+                .cloned();
             let sid_hex = encoding::id_hex(m.sid);
             let Some(author) = author else {
                 if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
                     blocked.insert(m.sid);
                     self.incoming.push(m);
                 } else {
-                    self.emit(&format!("error msg {sid_hex} message from an unknown author"));
+                    self.emit(&format!(
+                        "error msg {sid_hex} message from an unknown author"
+                    ));
                     self.done_with(m.sid, m.n);
                 }
                 continue;
             };
-            match author.key.as_deref().map(|k| self.check_key(&author.name, k)) {
+            match author
+                .key
+                .as_deref()
+                .map(|k| self.check_key(&author.name, k))
+            {
                 Some(Ok(key)) => self.open_message(m, &author, &key),
                 Some(Err(true)) => {
                     if self.held.insert((m.sid, m.n)) {
@@ -592,7 +678,10 @@ impl<W: Write> Client<W> {
                     self.incoming.push(m);
                 }
                 _ => {
-                    self.emit(&format!("error msg {sid_hex} no usable key for {}", escape(&author.name)));
+                    self.emit(&format!(
+                        "error msg {sid_hex} no usable key for {}",
+                        escape(&author.name)
+                    ));
                     self.done_with(m.sid, m.n);
                 }
             }
@@ -604,15 +693,31 @@ impl<W: Write> Client<W> {
         match e2e::open(m.sid, m.author, key, self.uid, &self.my_key, &m.envelope) {
             Ok(opened) => {
                 if !self.guard.contains(m.sid, m.author, &opened.msg_id) {
-                    self.emit(&format!("msg {sid_hex} {} {}", escape(&author.name), escape(&opened.text)));
-                    if let Err(e) = self.guard.append(&self.guard_path, m.sid, m.author, opened.msg_id) {
-                        self.emit(&format!("error msg cannot record the message as seen: {}", escape(&e.to_string())));
+                    self.emit(&format!(
+                        "msg {sid_hex} {} {}",
+                        escape(&author.name),
+                        escape(&opened.text)
+                    ));
+                    if let Err(e) =
+                        self.guard
+                            .append(&self.guard_path, m.sid, m.author, opened.msg_id)
+                    {
+                        self.emit(&format!(
+                            "error msg cannot record the message as seen: {}",
+                            escape(&e.to_string())
+                        ));
                     }
                 } else {
-                    self.emit(&format!("error msg {sid_hex} replayed message from {}", escape(&author.name)));
+                    self.emit(&format!(
+                        "error msg {sid_hex} replayed message from {}",
+                        escape(&author.name)
+                    ));
                 }
             }
-            Err(e) => self.emit(&format!("error msg {sid_hex} {e} (from {})", escape(&author.name))),
+            Err(e) => self.emit(&format!(
+                "error msg {sid_hex} {e} (from {})",
+                escape(&author.name)
+            )),
         }
         self.done_with(m.sid, m.n);
     }
@@ -636,7 +741,10 @@ impl<W: Write> Client<W> {
                 if text == "OK" {
                     self.emit(&format!("init {sid_hex} ok"));
                 } else {
-                    self.emit(&format!("error init {}", escape(text.trim_start_matches("error: "))));
+                    self.emit(&format!(
+                        "error init {}",
+                        escape(text.trim_start_matches("error: "))
+                    ));
                 }
             }
             MsgType::InviteReq => {
@@ -649,7 +757,12 @@ impl<W: Write> Client<W> {
                     return;
                 }
                 let n = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
-                if self.received.last.get(&h.sid).is_some_and(|&last| n <= last) {
+                if self
+                    .received
+                    .last
+                    .get(&h.sid)
+                    .is_some_and(|&last| n <= last)
+                {
                     // A redelivery of something already shown: acknowledge it again.
                     self.send(MsgType::MsgRes, h.sid, format!("OK {n}").as_bytes());
                     return;
@@ -659,11 +772,21 @@ impl<W: Write> Client<W> {
                 }
                 if self.incoming.len() >= MAX_WAITING_MESSAGES {
                     // Not acknowledged: the server keeps it and delivers it again.
-                    self.emit(&format!("error msg {sid_hex} too many messages waiting; will retry at next login"));
+                    self.emit(&format!(
+                        "error msg {sid_hex} too many messages waiting; will retry at next login"
+                    ));
                     return;
                 }
-                self.incoming.push(IncomingMsg { sid: h.sid, author: h.uid, n, envelope: payload[8..].to_vec() });
-                let known = self.sessions.get(&h.sid).is_some_and(|s| s.members.iter().any(|p| p.uid == h.uid));
+                self.incoming.push(IncomingMsg {
+                    sid: h.sid,
+                    author: h.uid,
+                    n,
+                    envelope: payload[8..].to_vec(),
+                });
+                let known = self
+                    .sessions
+                    .get(&h.sid)
+                    .is_some_and(|s| s.members.iter().any(|p| p.uid == h.uid));
                 if !known && self.status_quiet.get(&h.sid).copied().unwrap_or(0) == 0 {
                     self.request_status(h.sid, true);
                 }
@@ -675,7 +798,10 @@ impl<W: Write> Client<W> {
                 }
                 match text.strip_prefix("OK ") {
                     Some(n) => self.emit(&format!("sent {sid_hex} {}", escape(n))),
-                    None => self.emit(&format!("error msg {sid_hex} {}", escape(text.trim_start_matches("error: ")))),
+                    None => self.emit(&format!(
+                        "error msg {sid_hex} {}",
+                        escape(text.trim_start_matches("error: "))
+                    )),
                 }
             }
             MsgType::CloseReq => {
@@ -690,7 +816,10 @@ impl<W: Write> Client<W> {
                     self.sessions.remove(&h.sid);
                     self.emit(&format!("closed {sid_hex}"));
                 } else {
-                    self.emit(&format!("error close {sid_hex} {}", escape(text.trim_start_matches("error: "))));
+                    self.emit(&format!(
+                        "error close {sid_hex} {}",
+                        escape(text.trim_start_matches("error: "))
+                    ));
                 }
             }
             MsgType::StatusReq => {
@@ -699,7 +828,10 @@ impl<W: Write> Client<W> {
             }
             MsgType::StatusRes => self.status(h.sid, &text),
             MsgType::InitReq | MsgType::InviteRes => {
-                self.emit(&format!("error server sent an unexpected message type {:04x}", h.typ.code()));
+                self.emit(&format!(
+                    "error server sent an unexpected message type {:04x}",
+                    h.typ.code()
+                ));
             }
         }
     }
@@ -718,7 +850,10 @@ impl<W: Write> Client<W> {
         if sid == 0 {
             if let Some(body) = text.strip_prefix("OK\n") {
                 if wanted {
-                    let lines: Vec<String> = body.lines().map(|l| format!("status {}", escape(l))).collect();
+                    let lines: Vec<String> = body
+                        .lines()
+                        .map(|l| format!("status {}", escape(l)))
+                        .collect();
                     if lines.is_empty() {
                         self.emit("status none");
                     }
@@ -727,7 +862,10 @@ impl<W: Write> Client<W> {
                     }
                 }
             } else if wanted {
-                self.emit(&format!("error status {}", escape(text.trim_start_matches("error: "))));
+                self.emit(&format!(
+                    "error status {}",
+                    escape(text.trim_start_matches("error: "))
+                ));
             }
             return;
         }
@@ -779,10 +917,15 @@ impl<W: Write> Client<W> {
         self.status_wanted.clear();
         self.status_quiet.clear();
         if lost > 0 {
-            self.emit(&format!("error connection lost with {lost} request(s) unanswered"));
+            self.emit(&format!(
+                "error connection lost with {lost} request(s) unanswered"
+            ));
         }
         for m in std::mem::take(&mut self.outgoing) {
-            self.emit(&format!("error msg {} not sent: connection lost", encoding::id_hex(m.sid)));
+            self.emit(&format!(
+                "error msg {} not sent: connection lost",
+                encoding::id_hex(m.sid)
+            ));
         }
         self.incoming.clear();
     }
@@ -790,9 +933,15 @@ impl<W: Write> Client<W> {
 
 /// Runs the client until `/quit`, or end of input with every reply in. Events go to
 /// `out`, one per line.
-pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static, out: impl Write) -> Result<(), ClientError> {
+pub fn run(
+    config: Config,
+    password: &str,
+    input: impl BufRead + Send + 'static,
+    out: impl Write,
+) -> Result<(), ClientError> {
     let my_key = pins::load_own_key(&config.config_dir).map_err(|e| ClientError(e.to_string()))?;
-    let pins = KnownKeys::load(&config.config_dir.join(pins::KNOWN_KEYS_FILE)).map_err(|e| ClientError(e.to_string()))?;
+    let pins = KnownKeys::load(&config.config_dir.join(pins::KNOWN_KEYS_FILE))
+        .map_err(|e| ClientError(e.to_string()))?;
     let guard_path = config.config_dir.join(pins::SEEN_FILE);
     let guard = ReplayGuard::load(&guard_path).map_err(|e| {
         ClientError(format!(
@@ -803,7 +952,14 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
     let (link, receiver, uid) = connect(&config, password)?;
     let (tx, rx) = mpsc::channel();
     let mut generation = 0;
-    spawn_reader(link.stream.try_clone().map_err(|e| ClientError(e.to_string()))?, receiver, generation, tx.clone());
+    spawn_reader(
+        link.stream
+            .try_clone()
+            .map_err(|e| ClientError(e.to_string()))?,
+        receiver,
+        generation,
+        tx.clone(),
+    );
     spawn_stdin(input, tx.clone());
     let my_public = my_key.public();
     let my_key_b64 = my_public.to_base64();
@@ -888,10 +1044,18 @@ pub fn run(config: Config, password: &str, input: impl BufRead + Send + 'static,
 
 /// Reads the first line of a password file.
 pub fn read_password_file(path: &Path) -> Result<String, ClientError> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| ClientError(format!("cannot read the password file {}: {e}", path.display())))?;
-    crate::accounts::read_password_line(io::BufReader::new(f))
-        .map_err(|e| ClientError(format!("cannot read a password from {}: {e}", path.display())))
+    let f = std::fs::File::open(path).map_err(|e| {
+        ClientError(format!(
+            "cannot read the password file {}: {e}",
+            path.display()
+        ))
+    })?;
+    crate::accounts::read_password_line(io::BufReader::new(f)).map_err(|e| {
+        ClientError(format!(
+            "cannot read a password from {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::path::Path;
 
 use ring::{aead, agreement, digest, hkdf};
 use rsa::pkcs8::der::zeroize::{Zeroize, Zeroizing};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::sha2::Sha256;
 use rsa::traits::PublicKeyParts;
 
@@ -170,7 +172,10 @@ impl AeadKey {
         let raw = Zeroizing::new(raw);
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &raw[..])
             .expect("AES-256-GCM accepts every 32-byte key");
-        AeadKey { raw, key: aead::LessSafeKey::new(unbound) }
+        AeadKey {
+            raw,
+            key: aead::LessSafeKey::new(unbound),
+        }
     }
 
     /// The raw key bytes (for the rekey and for test vectors).
@@ -192,7 +197,12 @@ impl AeadKey {
 
     /// [`AeadKey::seal_in_place`] with raw nonce bytes, for keys used outside the MTP
     /// (an end-to-end content key is fresh per message, so any fixed nonce is unique).
-    pub fn seal_in_place_raw(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> [u8; MAC_LEN] {
+    pub fn seal_in_place_raw(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> [u8; MAC_LEN] {
         let tag = self
             .key
             .seal_in_place_separate_tag(
@@ -212,12 +222,24 @@ impl AeadKey {
     /// encryption is an XOR with a keystream, so "sealing" the ciphertext yields the
     /// plaintext, and sealing that plaintext again yields the ciphertext's true tag.
     /// The plaintext is released only after a constant-time comparison of 12 bytes.
-    pub fn open(&self, nonce: Nonce, aad: &[u8], ciphertext: &[u8], mac: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(
+        &self,
+        nonce: Nonce,
+        aad: &[u8],
+        ciphertext: &[u8],
+        mac: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.open_raw(nonce.to_bytes(), aad, ciphertext, mac)
     }
 
     /// [`AeadKey::open`] with raw nonce bytes.
-    pub fn open_raw(&self, nonce: [u8; NONCE_LEN], aad: &[u8], ciphertext: &[u8], mac: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open_raw(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+        mac: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         if mac.len() != MAC_LEN {
             return Err(CryptoError::BadMac);
         }
@@ -266,7 +288,10 @@ pub const S2C_INFO: &[u8] = b"mpchat v1 s2c";
 
 /// `HKDF-Expand(PRK = old, info = "mpchat v1 rekey", 32)`.
 pub fn rekey(old: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
-    expand(&hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, old), REKEY_INFO)
+    expand(
+        &hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, old),
+        REKEY_INFO,
+    )
 }
 
 /// The login key schedule. Returns `(k_c2s, k_s2c)`.
@@ -284,7 +309,10 @@ pub fn traffic_keys(
     ikm[16..32].copy_from_slice(server_random);
     ikm[32..].copy_from_slice(shared);
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, request_hash).extract(&ikm[..]);
-    (AeadKey::new(expand(&prk, C2S_INFO)), AeadKey::new(expand(&prk, S2C_INFO)))
+    (
+        AeadKey::new(expand(&prk, C2S_INFO)),
+        AeadKey::new(expand(&prk, S2C_INFO)),
+    )
 }
 
 /// An ephemeral X25519 secret, usable once.
@@ -303,7 +331,10 @@ impl X25519Secret {
     }
 
     /// The shared secret with `peer`; consumes the secret so it cannot be reused.
-    pub fn agree(self, peer: &[u8; X25519_LEN]) -> Result<Zeroizing<[u8; X25519_LEN]>, CryptoError> {
+    pub fn agree(
+        self,
+        peer: &[u8; X25519_LEN],
+    ) -> Result<Zeroizing<[u8; X25519_LEN]>, CryptoError> {
         let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, peer);
         agreement::agree_ephemeral(self.0, &peer, |ss| {
             let mut out = Zeroizing::new([0u8; X25519_LEN]);
@@ -334,7 +365,9 @@ impl RsaPrivate {
     /// Generates a key of `bits` bits with exponent 65537.
     pub fn generate(bits: usize) -> Result<Self, CryptoError> {
         let mut rng = getrandom::SysRng;
-        rsa::PrivateKey::new(&mut rng, bits).map(RsaPrivate).map_err(|_| CryptoError::Rng)
+        rsa::PrivateKey::new(&mut rng, bits)
+            .map(RsaPrivate)
+            .map_err(|_| CryptoError::Rng)
     }
 
     /// Parses a PKCS#8 PEM private key.
@@ -349,12 +382,15 @@ impl RsaPrivate {
 
     /// PKCS#8 PEM, wiped when dropped.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, CryptoError> {
-        self.0.to_pkcs8_pem(LineEnding::LF).map_err(|_| CryptoError::InvalidKey)
+        self.0
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|_| CryptoError::InvalidKey)
     }
 
     /// The public half.
     pub fn public(&self) -> RsaPublic {
-        RsaPublic::from_key(self.0.to_public_key()).expect("a valid private key has an encodable public key")
+        RsaPublic::from_key(self.0.to_public_key())
+            .expect("a valid private key has an encodable public key")
     }
 
     /// Modulus size in bytes (the length of ciphertexts and signatures).
@@ -365,7 +401,10 @@ impl RsaPrivate {
     /// RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) decryption, blinded. Every
     /// failure is the same [`CryptoError::Decrypt`].
     pub fn oaep_decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.0.oaep_decrypt::<Sha256>(ciphertext).map(Zeroizing::new).map_err(|_| CryptoError::Decrypt)
+        self.0
+            .oaep_decrypt::<Sha256>(ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Decrypt)
     }
 
     /// RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature over `msg`.
@@ -398,7 +437,10 @@ impl Eq for RsaPublic {}
 
 impl RsaPublic {
     fn from_key(key: rsa::PublicKey) -> Result<Self, CryptoError> {
-        let spki_der = key.to_public_key_der().map_err(|_| CryptoError::InvalidKey)?.into_vec();
+        let spki_der = key
+            .to_public_key_der()
+            .map_err(|_| CryptoError::InvalidKey)?
+            .into_vec();
         Ok(RsaPublic { key, spki_der })
     }
 
@@ -430,7 +472,9 @@ impl RsaPublic {
 
     /// SPKI PEM text.
     pub fn to_spki_pem(&self) -> String {
-        self.key.to_public_key_pem(LineEnding::LF).expect("a parsed key re-encodes")
+        self.key
+            .to_public_key_pem(LineEnding::LF)
+            .expect("a parsed key re-encodes")
     }
 
     /// The SubjectPublicKeyInfo DER bytes.
@@ -464,7 +508,9 @@ impl RsaPublic {
 
     /// RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) encryption.
     pub fn oaep_encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.key.oaep_encrypt::<Sha256>(plaintext).map_err(|_| CryptoError::InvalidInput)
+        self.key
+            .oaep_encrypt::<Sha256>(plaintext)
+            .map_err(|_| CryptoError::InvalidInput)
     }
 
     /// Verifies an RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature.
@@ -472,7 +518,9 @@ impl RsaPublic {
         if sig.len() != self.size() {
             return Err(CryptoError::BadSignature);
         }
-        self.key.pss_verify::<Sha256>(msg, sig).map_err(|_| CryptoError::BadSignature)
+        self.key
+            .pss_verify::<Sha256>(msg, sig)
+            .map_err(|_| CryptoError::BadSignature)
     }
 }
 
@@ -517,7 +565,9 @@ fn read_bounded(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
     use std::io::Read;
     let f = std::fs::File::open(path)?;
     let mut s = Zeroizing::new(String::new());
-    f.take(MAX_KEY_FILE_LEN).read_to_string(&mut s).map_err(|_| KeyFileError::Invalid)?;
+    f.take(MAX_KEY_FILE_LEN)
+        .read_to_string(&mut s)
+        .map_err(|_| KeyFileError::Invalid)?;
     Ok(s)
 }
 
@@ -533,7 +583,11 @@ pub fn read_public_key(path: &Path) -> Result<RsaPublic, KeyFileError> {
 
 /// Writes `key` to `private_path` (PKCS#8 PEM, mode 0600) and its public half to
 /// `public_path` (SPKI PEM, mode 0644), each atomically.
-pub fn write_key_pair(key: &RsaPrivate, private_path: &Path, public_path: &Path) -> Result<(), KeyFileError> {
+pub fn write_key_pair(
+    key: &RsaPrivate,
+    private_path: &Path,
+    public_path: &Path,
+) -> Result<(), KeyFileError> {
     let pem = key.to_pkcs8_pem().map_err(|_| KeyFileError::Invalid)?;
     fsutil::atomic_write(private_path, pem.as_bytes(), 0o600)?;
     fsutil::atomic_write(public_path, key.public().to_spki_pem().as_bytes(), 0o644)?;
@@ -579,36 +633,71 @@ mod tests {
 
     #[test]
     fn nonce_layout_is_sqn_direction_then_zeros() {
-        let n = Nonce { sqn: 0x0102, dir: Direction::ServerToClient }.to_bytes();
+        let n = Nonce {
+            sqn: 0x0102,
+            dir: Direction::ServerToClient,
+        }
+        .to_bytes();
         assert_eq!(n, [1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        let n = Nonce { sqn: 0xFFFF, dir: Direction::ClientToServer }.to_bytes();
+        let n = Nonce {
+            sqn: 0xFFFF,
+            dir: Direction::ClientToServer,
+        }
+        .to_bytes();
         assert_eq!(n, [0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
     fn open_reverses_seal_and_rejects_any_change() {
         let k = key(7);
-        let nonce = Nonce { sqn: 5, dir: Direction::ClientToServer };
+        let nonce = Nonce {
+            sqn: 5,
+            dir: Direction::ClientToServer,
+        };
         let mut buf = b"hello world".to_vec();
         let mac = k.seal_in_place(nonce, b"header", &mut buf);
-        assert_eq!(k.open(nonce, b"header", &buf, &mac).unwrap(), b"hello world");
-        assert_eq!(k.open(nonce, b"headex", &buf, &mac), Err(CryptoError::BadMac));
+        assert_eq!(
+            k.open(nonce, b"header", &buf, &mac).unwrap(),
+            b"hello world"
+        );
+        assert_eq!(
+            k.open(nonce, b"headex", &buf, &mac),
+            Err(CryptoError::BadMac)
+        );
         let other = Nonce { sqn: 6, ..nonce };
-        assert_eq!(k.open(other, b"header", &buf, &mac), Err(CryptoError::BadMac));
-        assert_eq!(key(8).open(nonce, b"header", &buf, &mac), Err(CryptoError::BadMac));
+        assert_eq!(
+            k.open(other, b"header", &buf, &mac),
+            Err(CryptoError::BadMac)
+        );
+        assert_eq!(
+            key(8).open(nonce, b"header", &buf, &mac),
+            Err(CryptoError::BadMac)
+        );
         let mut bad = buf.clone();
         bad[0] ^= 1;
-        assert_eq!(k.open(nonce, b"header", &bad, &mac), Err(CryptoError::BadMac));
+        assert_eq!(
+            k.open(nonce, b"header", &bad, &mac),
+            Err(CryptoError::BadMac)
+        );
         let mut badmac = mac;
         badmac[11] ^= 0x80;
-        assert_eq!(k.open(nonce, b"header", &buf, &badmac), Err(CryptoError::BadMac));
-        assert_eq!(k.open(nonce, b"header", &buf, &mac[..11]), Err(CryptoError::BadMac));
+        assert_eq!(
+            k.open(nonce, b"header", &buf, &badmac),
+            Err(CryptoError::BadMac)
+        );
+        assert_eq!(
+            k.open(nonce, b"header", &buf, &mac[..11]),
+            Err(CryptoError::BadMac)
+        );
     }
 
     #[test]
     fn empty_payload_seals_to_mac_only() {
         let k = key(1);
-        let nonce = Nonce { sqn: 1, dir: Direction::ServerToClient };
+        let nonce = Nonce {
+            sqn: 1,
+            dir: Direction::ServerToClient,
+        };
         let mut buf = Vec::new();
         let mac = k.seal_in_place(nonce, b"h", &mut buf);
         assert_eq!(k.open(nonce, b"h", &[], &mac).unwrap(), b"");

@@ -648,14 +648,23 @@ impl ReplayGuard {
     /// Records that `(sid, author, msg_id)` was shown, durably, at constant cost: the
     /// record is appended to `path` and synced; the file is rewritten with just the
     /// remembered ids once it holds twice the limit (or when there is none yet).
-    pub fn append(&mut self, path: &Path, sid: u64, author: u64, msg_id: [u8; MSG_ID_LEN]) -> io::Result<()> {
+    pub fn append(
+        &mut self,
+        path: &Path,
+        sid: u64,
+        author: u64,
+        msg_id: [u8; MSG_ID_LEN],
+    ) -> io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         self.check_and_record(sid, author, msg_id);
         if self.on_disk == 0 || self.on_disk >= 2 * self.limit {
             return self.save(path);
         }
-        let mut f = std::fs::OpenOptions::new().append(true).mode(0o600).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
         let mut rec = [0u8; SEEN_RECORD_LEN];
         rec[..8].copy_from_slice(&sid.to_be_bytes());
         rec[8..16].copy_from_slice(&author.to_be_bytes());
@@ -695,8 +704,13 @@ mod tests {
         let mut g = ReplayGuard::with_limit(2);
         for i in 0..7u8 {
             g.append(&path, 1, 2, [i; MSG_ID_LEN]).unwrap();
-            let records = (std::fs::metadata(&path).unwrap().len() as usize - SEEN_FILE_MAGIC.len()) / SEEN_RECORD_LEN;
-            assert!(records <= 2 * 2 + 1, "the file stays bounded: {records} records");
+            let records = (std::fs::metadata(&path).unwrap().len() as usize
+                - SEEN_FILE_MAGIC.len())
+                / SEEN_RECORD_LEN;
+            assert!(
+                records <= 2 * 2 + 1,
+                "the file stays bounded: {records} records"
+            );
         }
         let loaded = ReplayGuard::load(&path).unwrap();
         assert!(loaded.contains(1, 2, &[6; MSG_ID_LEN]) && loaded.contains(1, 2, &[5; MSG_ID_LEN]));

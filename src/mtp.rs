@@ -199,7 +199,13 @@ impl Header {
         if (len as usize) < MIN_FRAME_LEN {
             return Err(MtpError::TooShort(len));
         }
-        Ok(Header { typ, len, sqn: u16_at(6), sid: u64_at(8), uid: u64_at(16) })
+        Ok(Header {
+            typ,
+            len,
+            sqn: u16_at(6),
+            sid: u64_at(8),
+            uid: u64_at(16),
+        })
     }
 }
 
@@ -208,10 +214,16 @@ pub fn frame_header(frame: &[u8]) -> Result<Header, MtpError> {
     let head: &[u8; HEADER_LEN] = frame
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
-        .ok_or(MtpError::LengthMismatch { declared: 0, actual: frame.len() })?;
+        .ok_or(MtpError::LengthMismatch {
+            declared: 0,
+            actual: frame.len(),
+        })?;
     let header = Header::decode(head)?;
     if header.len as usize != frame.len() {
-        return Err(MtpError::LengthMismatch { declared: header.len, actual: frame.len() });
+        return Err(MtpError::LengthMismatch {
+            declared: header.len,
+            actual: frame.len(),
+        });
     }
     Ok(header)
 }
@@ -232,7 +244,16 @@ pub fn seal_frame(
     trailer_len: usize,
 ) -> Result<Vec<u8>, MtpError> {
     let mut frame = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN + trailer_len);
-    seal_parts(key, Nonce { sqn, dir }, typ, sid, uid, &[payload], trailer_len, &mut frame)?;
+    seal_parts(
+        key,
+        Nonce { sqn, dir },
+        typ,
+        sid,
+        uid,
+        &[payload],
+        trailer_len,
+        &mut frame,
+    )?;
     Ok(frame)
 }
 
@@ -255,7 +276,14 @@ fn seal_parts(
     if total > MAX_FRAME_LEN {
         return Err(MtpError::PayloadTooLarge(payload_len));
     }
-    let header = Header { typ, len: total as u16, sqn: nonce.sqn, sid, uid }.encode();
+    let header = Header {
+        typ,
+        len: total as u16,
+        sqn: nonce.sqn,
+        sid,
+        uid,
+    }
+    .encode();
     let start = out.len();
     out.reserve(total);
     out.extend_from_slice(&header);
@@ -268,12 +296,25 @@ fn seal_parts(
 }
 
 /// Opens the `epd || mac` that follows `header` (`body` excludes any trailer).
-pub fn open_body(key: &AeadKey, dir: Direction, header: &Header, body: &[u8]) -> Result<Vec<u8>, MtpError> {
+pub fn open_body(
+    key: &AeadKey,
+    dir: Direction,
+    header: &Header,
+    body: &[u8],
+) -> Result<Vec<u8>, MtpError> {
     if body.len() < MAC_LEN {
         return Err(MtpError::TooShort(header.len));
     }
     let (epd, mac) = body.split_at(body.len() - MAC_LEN);
-    Ok(key.open(Nonce { sqn: header.sqn, dir }, &header.encode(), epd, mac)?)
+    Ok(key.open(
+        Nonce {
+            sqn: header.sqn,
+            dir,
+        },
+        &header.encode(),
+        epd,
+        mac,
+    )?)
 }
 
 /// The sending half of one direction: its key and next sequence number.
@@ -303,7 +344,13 @@ impl Sender {
 
     /// Seals one frame and advances the sequence number; after `0xFFFF` the key is
     /// replaced by its rekey and numbering restarts at 1.
-    pub fn seal(&mut self, typ: MsgType, sid: u64, uid: u64, payload: &[u8]) -> Result<Vec<u8>, MtpError> {
+    pub fn seal(
+        &mut self,
+        typ: MsgType,
+        sid: u64,
+        uid: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, MtpError> {
         let mut frame = Vec::with_capacity(HEADER_LEN + payload.len() + MAC_LEN);
         self.seal_into(typ, sid, uid, &[payload], &mut frame)?;
         Ok(frame)
@@ -312,9 +359,25 @@ impl Sender {
     /// Seals one frame whose payload is the concatenation of `parts` and appends it to
     /// `out`, so a writer can build frames in its output buffer without a payload copy
     /// or an allocation per frame. On error `out` is unchanged.
-    pub fn seal_into(&mut self, typ: MsgType, sid: u64, uid: u64, parts: &[&[u8]], out: &mut Vec<u8>) -> Result<(), MtpError> {
+    pub fn seal_into(
+        &mut self,
+        typ: MsgType,
+        sid: u64,
+        uid: u64,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Result<(), MtpError> {
         let sqn = self.next_sqn;
-        seal_parts(&self.key, Nonce { sqn, dir: self.dir }, typ, sid, uid, parts, 0, out)?;
+        seal_parts(
+            &self.key,
+            Nonce { sqn, dir: self.dir },
+            typ,
+            sid,
+            uid,
+            parts,
+            0,
+            out,
+        )?;
         if sqn == LAST_SQN {
             self.key = self.key.rekeyed();
             self.next_sqn = 1;
@@ -350,7 +413,10 @@ impl Receiver {
     pub fn open(&mut self, frame: &[u8]) -> Result<(Header, Vec<u8>), MtpError> {
         let header = frame_header(frame)?;
         if header.sqn <= self.last_sqn {
-            return Err(MtpError::StaleSqn { got: header.sqn, last: self.last_sqn });
+            return Err(MtpError::StaleSqn {
+                got: header.sqn,
+                last: self.last_sqn,
+            });
         }
         let payload = open_body(&self.key, self.dir, &header, &frame[HEADER_LEN..])?;
         if header.sqn == LAST_SQN {
@@ -400,7 +466,13 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
             Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if got == 0 && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if got == 0
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
                 return Err(ReadError::Idle)
             }
             Err(e) => return Err(ReadError::Io(e)),
@@ -409,7 +481,8 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
     let header = Header::decode(&head).map_err(ReadError::Mtp)?;
     let mut frame = vec![0u8; header.len as usize];
     frame[..HEADER_LEN].copy_from_slice(&head);
-    r.read_exact(&mut frame[HEADER_LEN..]).map_err(ReadError::Io)?;
+    r.read_exact(&mut frame[HEADER_LEN..])
+        .map_err(ReadError::Io)?;
     Ok(frame)
 }
 
@@ -418,12 +491,21 @@ mod tests {
     use super::*;
 
     fn pair(dir: Direction) -> (Sender, Receiver) {
-        (Sender::new(AeadKey::new([9; 32]), dir, 2), Receiver::new(AeadKey::new([9; 32]), dir, 1))
+        (
+            Sender::new(AeadKey::new([9; 32]), dir, 2),
+            Receiver::new(AeadKey::new([9; 32]), dir, 1),
+        )
     }
 
     #[test]
     fn header_round_trips() {
-        let h = Header { typ: MsgType::StatusRes, len: 40, sqn: 7, sid: 0x0102030405060708, uid: u64::MAX };
+        let h = Header {
+            typ: MsgType::StatusRes,
+            len: 40,
+            sqn: 7,
+            sid: 0x0102030405060708,
+            uid: u64::MAX,
+        };
         let b = h.encode();
         assert_eq!(&b[..8], &[1, 0, 4, 0x10, 0, 40, 0, 7]);
         assert_eq!(Header::decode(&b).unwrap(), h);
@@ -431,7 +513,14 @@ mod tests {
 
     #[test]
     fn header_rejects_wrong_version_unknown_type_and_short_len() {
-        let mut b = Header { typ: MsgType::MsgReq, len: 36, sqn: 1, sid: 0, uid: 0 }.encode();
+        let mut b = Header {
+            typ: MsgType::MsgReq,
+            len: 36,
+            sqn: 1,
+            sid: 0,
+            uid: 0,
+        }
+        .encode();
         b[1] = 1;
         assert_eq!(Header::decode(&b), Err(MtpError::BadVersion(0x0101)));
         b[1] = 0;
@@ -467,13 +556,16 @@ mod tests {
         let (mut a, _) = pair(Direction::ServerToClient);
         let (mut b, mut r) = pair(Direction::ServerToClient);
         let mut out = b"prefix".to_vec();
-        b.seal_into(MsgType::MsgReq, 5, 6, &[b"12345678", b"envelope"], &mut out).unwrap();
+        b.seal_into(MsgType::MsgReq, 5, 6, &[b"12345678", b"envelope"], &mut out)
+            .unwrap();
         let whole = a.seal(MsgType::MsgReq, 5, 6, b"12345678envelope").unwrap();
         assert_eq!(&out[6..], &whole[..]);
         assert_eq!(r.open(&out[6..]).unwrap().1, b"12345678envelope");
         let before = out.clone();
         let big = vec![0u8; MAX_PAYLOAD_LEN];
-        assert!(b.seal_into(MsgType::MsgReq, 5, 6, &[&big, b"x"], &mut out).is_err());
+        assert!(b
+            .seal_into(MsgType::MsgReq, 5, 6, &[&big, b"x"], &mut out)
+            .is_err());
         assert_eq!(out, before, "a refused frame leaves the buffer as it was");
     }
 
@@ -499,16 +591,27 @@ mod tests {
         let f = s.seal(MsgType::MsgReq, 0, 0, b"abc").unwrap();
         let mut longer = f.clone();
         longer.push(0);
-        assert!(matches!(r.open(&longer), Err(MtpError::LengthMismatch { .. })));
-        assert!(matches!(r.open(&f[..f.len() - 1]), Err(MtpError::LengthMismatch { .. })));
-        assert!(matches!(r.open(&f[..10]), Err(MtpError::LengthMismatch { .. })));
+        assert!(matches!(
+            r.open(&longer),
+            Err(MtpError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            r.open(&f[..f.len() - 1]),
+            Err(MtpError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            r.open(&f[..10]),
+            Err(MtpError::LengthMismatch { .. })
+        ));
         assert_eq!(r.open(&f).unwrap().1, b"abc");
     }
 
     #[test]
     fn oversized_payload_is_refused_locally() {
         let (mut s, _) = pair(Direction::ClientToServer);
-        assert!(s.seal(MsgType::MsgReq, 0, 0, &vec![0; MAX_PAYLOAD_LEN]).is_ok());
+        assert!(s
+            .seal(MsgType::MsgReq, 0, 0, &vec![0; MAX_PAYLOAD_LEN])
+            .is_ok());
         assert_eq!(
             s.seal(MsgType::MsgReq, 0, 0, &vec![0; MAX_PAYLOAD_LEN + 1]),
             Err(MtpError::PayloadTooLarge(MAX_PAYLOAD_LEN + 1))
@@ -546,6 +649,9 @@ mod tests {
         assert!(matches!(read_frame(&mut &f[..30]), Err(ReadError::Io(_))));
         let mut bad = f.clone();
         bad[0] = 2;
-        assert!(matches!(read_frame(&mut &bad[..]), Err(ReadError::Mtp(MtpError::BadVersion(_)))));
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(ReadError::Mtp(MtpError::BadVersion(_)))
+        ));
     }
 }

@@ -39,7 +39,14 @@ pub struct Inbox<T> {
 pub fn outbox<T>(capacity: usize) -> (Outbox<T>, Inbox<T>) {
     let (tx, rx) = mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
-    (Outbox { tx, queued: queued.clone(), capacity: capacity.max(1) }, Inbox { rx, queued })
+    (
+        Outbox {
+            tx,
+            queued: queued.clone(),
+            capacity: capacity.max(1),
+        },
+        Inbox { rx, queued },
+    )
 }
 
 impl<T> Outbox<T> {
@@ -87,7 +94,10 @@ mod tests {
         assert_eq!(rx.recv(), Some(0));
         assert_eq!(tx.try_send(3), Ok(()));
         assert_eq!(tx.try_send(10), Err(SendError::Full(10)));
-        assert_eq!((rx.try_recv(), rx.try_recv(), rx.try_recv(), rx.try_recv()), (Some(1), Some(2), Some(3), None));
+        assert_eq!(
+            (rx.try_recv(), rx.try_recv(), rx.try_recv(), rx.try_recv()),
+            (Some(1), Some(2), Some(3), None)
+        );
     }
 
     #[test]

@@ -115,8 +115,15 @@ impl fmt::Display for PinError {
                 p.display()
             ),
             PinError::NoKey(p) => {
-                let dir = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
-                write!(f, "{}: no key yet; run `mpchat keygen --config-dir {dir}` first", p.display())
+                let dir = p
+                    .parent()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default();
+                write!(
+                    f,
+                    "{}: no key yet; run `mpchat keygen --config-dir {dir}` first",
+                    p.display()
+                )
             }
             PinError::BadKeyFile(p) => write!(
                 f,
@@ -195,7 +202,9 @@ fn config_dir_from(
 /// key (show its fingerprint) and the private key's path. Refuses to overwrite an
 /// existing key: peers have pinned it, and replacing it makes them all see a changed key.
 pub fn keygen(config_dir: &Path, bits: usize) -> Result<(RsaPublic, PathBuf), PinError> {
-    if !(crypto::MIN_USER_KEY_BITS..=crypto::MAX_USER_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
+    if !(crypto::MIN_USER_KEY_BITS..=crypto::MAX_USER_KEY_BITS).contains(&bits)
+        || !bits.is_multiple_of(8)
+    {
         return Err(PinError::BadKeyBits(bits));
     }
     let private_path = config_dir.join(KEY_FILE);
@@ -354,7 +363,10 @@ impl KnownKeys {
     /// The user a key is pinned for, if any. A key belongs to one name: a server that
     /// offers a known key under another name is relabelling someone.
     pub fn name_of(&self, key: &RsaPublic) -> Option<&str> {
-        self.pins.iter().find(|(_, k)| *k == key).map(|(n, _)| n.as_str())
+        self.pins
+            .iter()
+            .find(|(_, k)| *k == key)
+            .map(|(n, _)| n.as_str())
     }
 
     /// Number of pinned users.

@@ -42,7 +42,12 @@ pub struct OutFrame {
 impl Out {
     /// A frame to send.
     pub fn frame(typ: MsgType, sid: u64, uid: u64, payload: impl Into<Vec<u8>>) -> Out {
-        Out::Frame(Box::new(OutFrame { typ, sid, uid, payload: payload.into() }))
+        Out::Frame(Box::new(OutFrame {
+            typ,
+            sid,
+            uid,
+            payload: payload.into(),
+        }))
     }
 }
 
@@ -159,7 +164,11 @@ impl Registry {
     /// Sessions that are not live yet (after a restart they go live at once: the
     /// creator's wait ended with the old process).
     pub fn pending_sessions(&self) -> Vec<u64> {
-        self.sessions.iter().filter(|s| !s.live).map(|s| s.sid).collect()
+        self.sessions
+            .iter()
+            .filter(|s| !s.live)
+            .map(|s| s.sid)
+            .collect()
     }
 
     /// The last log sequence number assigned.
@@ -261,12 +270,16 @@ impl Registry {
 
     /// Queues `out` for `uid` now if online. A full or dead queue dooms the connection.
     fn try_send(&mut self, uid: u64, out: Out) {
-        let Some(conn) = self.online.get(&uid) else { return };
+        let Some(conn) = self.online.get(&uid) else {
+            return;
+        };
         match conn.tx.try_send(out) {
             Ok(()) => {}
             Err(SendError::Full(_)) | Err(SendError::Disconnected(_)) => {
                 if let Some(conn) = self.online.remove(&uid) {
-                    log::warn!("closing a connection whose outgoing queue is full (uid {uid:016x})");
+                    log::warn!(
+                        "closing a connection whose outgoing queue is full (uid {uid:016x})"
+                    );
                     self.doomed.push(conn);
                 }
             }
@@ -276,7 +289,9 @@ impl Registry {
     /// Queues a reply for the connection a request came on (dropped if that
     /// connection has since been replaced).
     fn reply(&mut self, to: Requester, typ: MsgType, sid: u64, payload: impl Into<Vec<u8>>) {
-        self.pending.effects.push(Effect::Reply(to, Out::frame(typ, sid, 0, payload)));
+        self.pending
+            .effects
+            .push(Effect::Reply(to, Out::frame(typ, sid, 0, payload)));
     }
 
     /// Registers the error reply `to` gets if this request's records are not stored.
@@ -305,7 +320,10 @@ impl Registry {
     pub fn pending_invites(&self, uid: u64) -> Vec<(u64, u64)> {
         self.sessions
             .sessions_of(uid)
-            .filter(|s| s.participant(uid).is_some_and(|p| p.answer == Answer::Invited))
+            .filter(|s| {
+                s.participant(uid)
+                    .is_some_and(|p| p.answer == Answer::Invited)
+            })
             .map(|s| (s.sid, s.creator))
             .collect()
     }
@@ -319,12 +337,20 @@ impl Registry {
 
     /// Pushes the session's status to every online accepted participant.
     fn push_status(&mut self, sid: u64) {
-        let Some(s) = self.sessions.get(sid) else { return };
+        let Some(s) = self.sessions.get(sid) else {
+            return;
+        };
         if !s.live {
             return;
         }
-        let payload = s.status_payload(|uid| self.online.contains_key(&uid)).into_bytes();
-        let to: Vec<u64> = s.accepted().map(|p| p.uid).filter(|u| self.online.contains_key(u)).collect();
+        let payload = s
+            .status_payload(|uid| self.online.contains_key(&uid))
+            .into_bytes();
+        let to: Vec<u64> = s
+            .accepted()
+            .map(|p| p.uid)
+            .filter(|u| self.online.contains_key(u))
+            .collect();
         for uid in to {
             self.send(uid, Out::frame(MsgType::StatusRes, sid, 0, payload.clone()));
         }
@@ -333,13 +359,18 @@ impl Registry {
     /// Makes a pending session live: init_res to the creator, then the status push.
     pub fn go_live(&mut self, sid: u64) {
         self.waiting.remove(&sid);
-        let Some(s) = self.sessions.get(sid) else { return };
+        let Some(s) = self.sessions.get(sid) else {
+            return;
+        };
         if s.live {
             return;
         }
         let creator = s.creator;
         self.commit(Record::Live { sid });
-        self.send(creator, Out::frame(MsgType::InitRes, sid, 0, b"OK".to_vec()));
+        self.send(
+            creator,
+            Out::frame(MsgType::InitRes, sid, 0, b"OK".to_vec()),
+        );
         self.push_status(sid);
     }
 
@@ -357,7 +388,12 @@ impl Registry {
         while self.sessions.is_used(sid) {
             sid = fresh_sid();
         }
-        let rec = match self.sessions.plan_init(sid, (from.uid, creator_name), creator_key, invitees.clone()) {
+        let rec = match self.sessions.plan_init(
+            sid,
+            (from.uid, creator_name),
+            creator_key,
+            invitees.clone(),
+        ) {
             Ok(rec) => rec,
             Err(refusal) => {
                 self.reply(from, MsgType::InitRes, 0, refusal.payload());
@@ -366,7 +402,11 @@ impl Registry {
         };
         self.commit(rec);
         self.on_failure(from, MsgType::InitRes, 0);
-        let online: HashSet<u64> = invitees.iter().map(|(u, _)| *u).filter(|u| self.online.contains_key(u)).collect();
+        let online: HashSet<u64> = invitees
+            .iter()
+            .map(|(u, _)| *u)
+            .filter(|u| self.online.contains_key(u))
+            .collect();
         for uid in &online {
             self.wake(*uid);
         }
@@ -375,13 +415,17 @@ impl Registry {
             Followup::default()
         } else {
             self.waiting.insert(sid, online);
-            Followup { start_invite_timer: Some(sid) }
+            Followup {
+                start_invite_timer: Some(sid),
+            }
         }
     }
 
     /// invite_res (its key, if any, already checked by the caller). No reply.
     pub fn answer(&mut self, from: Requester, sid: u64, answer: InviteAnswer) {
-        let Some(rec) = self.sessions.plan_answer(sid, from.uid, answer) else { return };
+        let Some(rec) = self.sessions.plan_answer(sid, from.uid, answer) else {
+            return;
+        };
         self.commit(rec);
         let live = self.sessions.get(sid).is_some_and(|s| s.live);
         if live {
@@ -407,7 +451,9 @@ impl Registry {
     pub fn message(&mut self, from: Requester, sid: u64, envelope: &[u8]) -> Option<u64> {
         match self.sessions.plan_message(sid, from.uid, envelope) {
             Ok(rec) => {
-                let Record::Message { n, .. } = rec else { unreachable!("plan_message plans messages") };
+                let Record::Message { n, .. } = rec else {
+                    unreachable!("plan_message plans messages")
+                };
                 self.commit(rec);
                 self.on_failure(from, MsgType::MsgRes, sid);
                 self.reply(from, MsgType::MsgRes, sid, format!("OK {n}"));
@@ -423,8 +469,14 @@ impl Registry {
     /// Wakes every online recipient of `sid`'s newest messages (the accepted
     /// participants other than `author`). Called once the message is durable.
     pub fn wake_recipients(&mut self, sid: u64, author: u64) {
-        let Some(s) = self.sessions.get(sid) else { return };
-        let to: Vec<u64> = s.accepted().map(|p| p.uid).filter(|&u| u != author).collect();
+        let Some(s) = self.sessions.get(sid) else {
+            return;
+        };
+        let to: Vec<u64> = s
+            .accepted()
+            .map(|p| p.uid)
+            .filter(|&u| u != author)
+            .collect();
         for uid in to {
             self.wake(uid);
         }
@@ -463,7 +515,10 @@ impl Registry {
         self.waiting.remove(&sid);
         self.reply(from, MsgType::CloseRes, sid, "OK");
         for uid in notify {
-            self.send(uid, Out::frame(MsgType::CloseReq, sid, from.uid, Vec::new()));
+            self.send(
+                uid,
+                Out::frame(MsgType::CloseReq, sid, from.uid, Vec::new()),
+            );
         }
     }
 
@@ -498,7 +553,12 @@ impl Registry {
         if !s.live || s.participant(uid)?.answer != Answer::Accepted {
             return None;
         }
-        Some(s.messages_after(uid, after).take(max).map(|m| (m.n, m.author, m.envelope.clone())).collect())
+        Some(
+            s.messages_after(uid, after)
+                .take(max)
+                .map(|m| (m.n, m.author, m.envelope.clone()))
+                .collect(),
+        )
     }
 
     /// The sessions in which `uid` is an accepted participant, with its acknowledgement
@@ -507,7 +567,11 @@ impl Registry {
         self.sessions
             .sessions_of(uid)
             .filter(|s| s.live)
-            .filter_map(|s| s.participant(uid).filter(|p| p.answer == Answer::Accepted).map(|p| (s.sid, p.acked)))
+            .filter_map(|s| {
+                s.participant(uid)
+                    .filter(|p| p.answer == Answer::Accepted)
+                    .map(|p| (s.sid, p.acked))
+            })
             .collect()
     }
 }

@@ -89,14 +89,17 @@ const MAPS_CACHED_THREADS: usize = (IDLE_LOGIN_THREADS + IDLE_CONNECTION_THREADS
 /// aborts the whole process, so the server lowers `--max-connections` to this instead
 /// (and says so): a refused connection rather than every user dropped.
 pub fn connection_capacity(max_map_count: usize, maps_now: usize, max_prelogin: usize) -> usize {
-    max_map_count.saturating_sub(maps_now + MAPS_RESERVE + MAPS_CACHED_THREADS + max_prelogin * MAPS_PER_LOGIN)
-        / MAPS_PER_CONNECTION
+    max_map_count.saturating_sub(
+        maps_now + MAPS_RESERVE + MAPS_CACHED_THREADS + max_prelogin * MAPS_PER_LOGIN,
+    ) / MAPS_PER_CONNECTION
 }
 
 /// Lowers `config.max_connections` to what this kernel's `vm.max_map_count` allows.
 fn fit_connections_to_map_count(config: &mut Config) {
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    let Some(max_maps) = read("/proc/sys/vm/max_map_count").and_then(|s| s.trim().parse::<usize>().ok()) else {
+    let Some(max_maps) =
+        read("/proc/sys/vm/max_map_count").and_then(|s| s.trim().parse::<usize>().ok())
+    else {
         return;
     };
     let maps_now = read("/proc/self/maps").map_or(0, |s| s.lines().count());
@@ -246,7 +249,10 @@ fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, StartError> {
             "another mpchatd is already using {}; stop it first or pass another --state-dir",
             state_dir.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StartError(format!("cannot lock {}: {e}", lock_path.display()))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
     }
 }
 
@@ -267,7 +273,9 @@ struct WarnLimiter {
 
 impl WarnLimiter {
     fn new() -> Self {
-        WarnLimiter { state: Mutex::new((Instant::now(), 0, 0)) }
+        WarnLimiter {
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
     }
 
     fn warn(&self, args: std::fmt::Arguments<'_>) {
@@ -374,7 +382,11 @@ impl Shared {
     /// [`Shared::with_registry`] for a connection's request: records it produced go
     /// to the journal thread (queued under the lock, so journal order is the order of
     /// application), and their effects wait until they are stored.
-    fn with_registry_as<R>(&self, inflight: Option<&Arc<Inflight>>, f: impl FnOnce(&mut Registry) -> R) -> R {
+    fn with_registry_as<R>(
+        &self,
+        inflight: Option<&Arc<Inflight>>,
+        f: impl FnOnce(&mut Registry) -> R,
+    ) -> R {
         let (r, doomed) = {
             let mut reg = lock(&self.registry);
             let r = f(&mut reg);
@@ -385,7 +397,11 @@ impl Shared {
                 if let Some(i) = inflight {
                     i.add();
                 }
-                let batch = Batch { epoch: reg.epoch(), pending, inflight: inflight.cloned() };
+                let batch = Batch {
+                    epoch: reg.epoch(),
+                    pending,
+                    inflight: inflight.cloned(),
+                };
                 if self.journal_tx.send(batch).is_err() {
                     log::error!("the journal thread has stopped; requests are no longer stored");
                 }
@@ -428,11 +444,17 @@ impl Server {
         let (key, created) = load_server_key(&config.state_dir)?;
         let fp = key.public().fingerprint();
         if created {
-            log::info!("created server key {}", config.state_dir.join(SERVER_KEY_FILE).display());
+            log::info!(
+                "created server key {}",
+                config.state_dir.join(SERVER_KEY_FILE).display()
+            );
         }
         log::info!("server key fingerprint {fp}");
         let users = UsersFile::open(&config.state_dir).map_err(|e| {
-            StartError(format!("cannot read the accounts in {}: {e}", config.state_dir.display()))
+            StartError(format!(
+                "cannot read the accounts in {}: {e}",
+                config.state_dir.display()
+            ))
         })?;
 
         let recovered = store::recover(&config.state_dir, config.limits)
@@ -449,14 +471,26 @@ impl Server {
             prelogin: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
-            timers: Timers { heap: Mutex::new(BinaryHeap::new()), cv: Condvar::new() },
+            timers: Timers {
+                heap: Mutex::new(BinaryHeap::new()),
+                cv: Condvar::new(),
+            },
             warnings: WarnLimiter::new(),
             journal_tx,
             login_threads: ThreadCache::new(LOGIN_STACK, IDLE_LOGIN_THREADS, IDLE_THREAD_LINGER),
-            connection_threads: ThreadCache::new(CONNECTION_STACK, IDLE_CONNECTION_THREADS, IDLE_THREAD_LINGER),
+            connection_threads: ThreadCache::new(
+                CONNECTION_STACK,
+                IDLE_CONNECTION_THREADS,
+                IDLE_THREAD_LINGER,
+            ),
             config,
         });
-        Ok(Server { listener, shared, journal: Some((recovered.journal, journal_rx)), _state_lock: state_lock })
+        Ok(Server {
+            listener,
+            shared,
+            journal: Some((recovered.journal, journal_rx)),
+            _state_lock: state_lock,
+        })
     }
 
     /// The bound address (with the real port when listening on port 0).
@@ -515,7 +549,10 @@ impl Server {
             Err(_) => return,
         };
         if sh.total.load(Ordering::Acquire) >= sh.config.max_connections {
-            sh.warnings.warn(format_args!("{peer}: refused, {} connections open", sh.config.max_connections));
+            sh.warnings.warn(format_args!(
+                "{peer}: refused, {} connections open",
+                sh.config.max_connections
+            ));
             return;
         }
         let handle = stream.clone();
@@ -524,7 +561,10 @@ impl Server {
             let mut table = lock(&sh.prelogin);
             let mut evicted = None;
             if table.len() >= sh.config.max_prelogin {
-                let oldest = table.iter().min_by_key(|(_, (t, _))| *t).map(|(k, (t, _))| (*k, *t));
+                let oldest = table
+                    .iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(k, (t, _))| (*k, *t));
                 match oldest {
                     Some((old, since)) if since.elapsed() >= PRELOGIN_EVICT_AGE => {
                         evicted = table.remove(&old).map(|(_, s)| s);
@@ -584,15 +624,25 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
                 Err(_) => break,
             }
         }
-        let (current, stale): (Vec<Batch>, Vec<Batch>) = batches.into_iter().partition(|b| b.epoch == epoch);
+        let (current, stale): (Vec<Batch>, Vec<Batch>) =
+            batches.into_iter().partition(|b| b.epoch == epoch);
         let mut current = current;
-        let entries: Vec<(u64, session::Record)> =
-            current.iter_mut().flat_map(|b| std::mem::take(&mut b.pending.records)).collect();
-        let stored = if needs_sync(&entries) { journal.append(&entries) } else { journal.append_unsynced(&entries) };
+        let entries: Vec<(u64, session::Record)> = current
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.pending.records))
+            .collect();
+        let stored = if needs_sync(&entries) {
+            journal.append(&entries)
+        } else {
+            journal.append_unsynced(&entries)
+        };
         let doomed = {
             let mut reg = lock(&shared.registry);
             for b in &stale {
-                reg.fail(&b.pending.on_failure, "the server could not store this; try again");
+                reg.fail(
+                    &b.pending.on_failure,
+                    "the server could not store this; try again",
+                );
             }
             match &stored {
                 Ok(()) => {
@@ -615,11 +665,17 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
                             // Sessions made live by the reset need their own records.
                             let pending = reg.take_pending();
                             if !pending.records.is_empty() {
-                                let _ = shared.journal_tx.send(Batch { epoch, pending, inflight: None });
+                                let _ = shared.journal_tx.send(Batch {
+                                    epoch,
+                                    pending,
+                                    inflight: None,
+                                });
                             }
                         }
                         Err(e) => {
-                            log::error!("cannot reload the sessions after a failed write: {e}; stopping");
+                            log::error!(
+                                "cannot reload the sessions after a failed write: {e}; stopping"
+                            );
                             std::process::exit(1);
                         }
                     }
@@ -641,7 +697,10 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
                 Snapshot::capture(reg.last_lsn(), &reg.sessions)
             };
             match journal.compact_captured(&snapshot) {
-                Ok(()) => log::info!("compacted the journal into a snapshot at record {}", snapshot.lsn()),
+                Ok(()) => log::info!(
+                    "compacted the journal into a snapshot at record {}",
+                    snapshot.lsn()
+                ),
                 Err(e) => log::warn!("cannot compact the journal: {e}; will try again later"),
             }
         }
@@ -655,7 +714,9 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
 /// and becomes durable with the next group's fsync, so a receiver's acknowledgements
 /// do not double the fsyncs per message.
 fn needs_sync(entries: &[(u64, session::Record)]) -> bool {
-    !entries.iter().all(|(_, r)| matches!(r, session::Record::Ack { .. }))
+    !entries
+        .iter()
+        .all(|(_, r)| matches!(r, session::Record::Ack { .. }))
 }
 
 /// A short reason for a failed write, for the client's error line.
@@ -673,17 +734,28 @@ fn run_timers(shared: &Shared) {
         let now = Instant::now();
         match heap.peek() {
             Some(Reverse((at, _))) if *at <= now => {
-                let Some(Reverse((_, sid))) = heap.pop() else { continue };
+                let Some(Reverse((_, sid))) = heap.pop() else {
+                    continue;
+                };
                 drop(heap);
                 shared.with_registry(|reg| reg.invite_wait_over(sid));
                 heap = lock(&shared.timers.heap);
             }
             Some(Reverse((at, _))) => {
                 let wait = *at - now;
-                heap = shared.timers.cv.wait_timeout(heap, wait).unwrap_or_else(|e| e.into_inner()).0;
+                heap = shared
+                    .timers
+                    .cv
+                    .wait_timeout(heap, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             None => {
-                heap = shared.timers.cv.wait(heap).unwrap_or_else(|e| e.into_inner());
+                heap = shared
+                    .timers
+                    .cv
+                    .wait(heap)
+                    .unwrap_or_else(|e| e.into_inner());
             }
         }
     }
@@ -708,12 +780,20 @@ impl Read for DeadlineReader<'_> {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs the login; on success returns the username, the login_res frame and the
 /// established keys. Every failure closes the connection with no reply.
-fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr, id: u64) -> Option<(String, Vec<u8>, login::Established)> {
+fn login(
+    shared: &Shared,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<(String, Vec<u8>, login::Established)> {
     let deadline = Instant::now() + shared.config.login_grace;
     let frame = match mtp::read_frame(&mut DeadlineReader { stream, deadline }) {
         Ok(f) => f,
@@ -727,14 +807,18 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr, id: u64) -> Opti
             return None;
         }
         Err(ReadError::Mtp(e)) => {
-            shared.warnings.warn(format_args!("{peer}: rejected login frame: {e}"));
+            shared
+                .warnings
+                .warn(format_args!("{peer}: rejected login frame: {e}"));
             return None;
         }
     };
     let opened = match ExpectLoginReq::open(&shared.key, &frame) {
         Ok(o) => o,
         Err(e) => {
-            shared.warnings.warn(format_args!("{peer}: rejected login request: {e}"));
+            shared
+                .warnings
+                .warn(format_args!("{peer}: rejected login request: {e}"));
             return None;
         }
     };
@@ -745,7 +829,9 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr, id: u64) -> Opti
     let check = match check {
         Ok(c) => c,
         Err(e) => {
-            shared.warnings.warn(format_args!("{peer}: rejected login request: {e}"));
+            shared
+                .warnings
+                .warn(format_args!("{peer}: rejected login request: {e}"));
             return None;
         }
     };
@@ -761,7 +847,10 @@ fn login(shared: &Shared, stream: &TcpStream, peer: SocketAddr, id: u64) -> Opti
         accounts.check_password(check.username(), check.password())
     };
     let Some(uid) = uid else {
-        shared.warnings.warn(format_args!("{peer}: failed login for user {}", check.username()));
+        shared.warnings.warn(format_args!(
+            "{peer}: failed login for user {}",
+            check.username()
+        ));
         return None;
     };
     let name = check.username().to_string();
@@ -831,14 +920,25 @@ fn connection(
 }
 
 /// The reader loop of a logged-in connection.
-fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, name: &str, mut receiver: mtp::Receiver) {
+fn serve(
+    shared: &Shared,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    me: Requester,
+    name: &str,
+    mut receiver: mtp::Receiver,
+) {
     let mut heartbeat_sent = false;
     let inflight = Arc::new(Inflight::default());
     // The socket's read timeout, set only when it changes (a system call per frame
     // otherwise).
     let mut timeout_set = None;
     loop {
-        let timeout = if heartbeat_sent { shared.config.heartbeat_timeout } else { shared.config.heartbeat_idle };
+        let timeout = if heartbeat_sent {
+            shared.config.heartbeat_timeout
+        } else {
+            shared.config.heartbeat_idle
+        };
         if timeout_set != Some(timeout) {
             if stream.set_read_timeout(Some(timeout)).is_err() {
                 return;
@@ -858,24 +958,34 @@ fn serve(shared: &Shared, stream: &TcpStream, peer: SocketAddr, me: Requester, n
             }
             Err(ReadError::Eof) | Err(ReadError::Io(_)) => return,
             Err(ReadError::Mtp(e)) => {
-                shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {e}"));
+                shared
+                    .warnings
+                    .warn(format_args!("{peer}: rejected frame from {name}: {e}"));
                 return;
             }
         };
         let (header, payload) = match receiver.open(&frame) {
             Ok(x) => x,
             Err(e) => {
-                shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {e}"));
+                shared
+                    .warnings
+                    .warn(format_args!("{peer}: rejected frame from {name}: {e}"));
                 return;
             }
         };
         heartbeat_sent = false;
         if header.uid != me.uid {
-            shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: header uid is not the user's"));
+            shared.warnings.warn(format_args!(
+                "{peer}: rejected frame from {name}: header uid is not the user's"
+            ));
             return;
         }
-        if let Err(what) = dispatch(shared, &inflight, me, name, header.typ, header.sid, &payload) {
-            shared.warnings.warn(format_args!("{peer}: rejected frame from {name}: {what}"));
+        if let Err(what) = dispatch(
+            shared, &inflight, me, name, header.typ, header.sid, &payload,
+        ) {
+            shared
+                .warnings
+                .warn(format_args!("{peer}: rejected frame from {name}: {what}"));
             return;
         }
         // Replies to stored requests are queued together when their group is stored:
@@ -903,11 +1013,10 @@ fn dispatch(
         MsgType::InviteRes => {
             // A malformed answer or an invalid key changes nothing; invite_res has no
             // reply to carry an error.
-            let answer = session::parse_invite_answer(payload)
-                .filter(|a| match a {
-                    session::InviteAnswer::Accept(k) => RsaPublic::from_base64(k).is_ok(),
-                    session::InviteAnswer::Deny => true,
-                });
+            let answer = session::parse_invite_answer(payload).filter(|a| match a {
+                session::InviteAnswer::Accept(k) => RsaPublic::from_base64(k).is_ok(),
+                session::InviteAnswer::Deny => true,
+            });
             match answer {
                 Some(a) => shared.with_registry_as(Some(inflight), |reg| reg.answer(me, sid, a)),
                 None => log::info!("ignored a malformed invite answer from {name}"),
@@ -930,12 +1039,21 @@ fn dispatch(
                 return Err("status_res other than a heartbeat answer");
             }
         }
-        MsgType::InitRes | MsgType::CloseRes | MsgType::InviteReq => return Err("server-only message type"),
+        MsgType::InitRes | MsgType::CloseRes | MsgType::InviteReq => {
+            return Err("server-only message type")
+        }
     }
     Ok(())
 }
 
-fn init(shared: &Shared, inflight: &Arc<Inflight>, me: Requester, name: &str, sid: u64, payload: &[u8]) {
+fn init(
+    shared: &Shared,
+    inflight: &Arc<Inflight>,
+    me: Requester,
+    name: &str,
+    sid: u64,
+    payload: &[u8],
+) {
     let limits = shared.config.limits;
     let checked = (|| {
         if sid != 0 {
@@ -949,7 +1067,9 @@ fn init(shared: &Shared, inflight: &Arc<Inflight>, me: Requester, name: &str, si
             if !crate::accounts::valid_username(invitee) {
                 return Err(Refusal("invalid user name in invitee list".into()));
             }
-            let account = accounts.lookup(invitee).ok_or_else(|| Refusal(format!("unknown user {invitee}")))?;
+            let account = accounts
+                .lookup(invitee)
+                .ok_or_else(|| Refusal(format!("unknown user {invitee}")))?;
             invitees.push((account.uid, account.name.clone()));
         }
         Ok((req.key, invitees))
@@ -957,15 +1077,21 @@ fn init(shared: &Shared, inflight: &Arc<Inflight>, me: Requester, name: &str, si
     let (key, invitees) = match checked {
         Ok(x) => x,
         Err(refusal) => {
-            shared.with_registry_as(Some(inflight), |reg| reg.refuse(me, MsgType::InitRes, 0, &refusal));
+            shared.with_registry_as(Some(inflight), |reg| {
+                reg.refuse(me, MsgType::InitRes, 0, &refusal)
+            });
             return;
         }
     };
     // Draw candidate sids outside the lock; a collision is astronomically rare.
-    let mut candidates: Vec<u64> = (0..4).filter_map(|_| crypto::random_nonzero_u64().ok()).collect();
+    let mut candidates: Vec<u64> = (0..4)
+        .filter_map(|_| crypto::random_nonzero_u64().ok())
+        .collect();
     let followup = shared.with_registry_as(Some(inflight), |reg| {
         reg.init(me, name.to_string(), key, invitees, || {
-            candidates.pop().unwrap_or_else(|| crypto::random_nonzero_u64().unwrap_or(1))
+            candidates
+                .pop()
+                .unwrap_or_else(|| crypto::random_nonzero_u64().unwrap_or(1))
         })
     });
     if let Some(sid) = followup.start_invite_timer {
@@ -995,11 +1121,21 @@ fn writer(
             while let Some(item) = next {
                 match item {
                     Out::Frame(f) => {
-                        sender.seal_into(f.typ, f.sid, f.uid, &[&f.payload], &mut buf).map_err(io::Error::other)?;
+                        sender
+                            .seal_into(f.typ, f.sid, f.uid, &[&f.payload], &mut buf)
+                            .map_err(io::Error::other)?;
                     }
                     Out::Wake => {
                         wake.store(false, Ordering::Release);
-                        deliver(shared, &stream, &mut sender, &mut buf, &mut cursors, &mut invited, uid)?;
+                        deliver(
+                            shared,
+                            &stream,
+                            &mut sender,
+                            &mut buf,
+                            &mut cursors,
+                            &mut invited,
+                            uid,
+                        )?;
                     }
                 }
                 flush_full(&stream, &mut buf)?;
@@ -1040,24 +1176,39 @@ fn deliver(
             let reg = lock(&shared.registry);
             if std::mem::take(&mut first) {
                 // Unanswered invitations first, each once per connection.
-                invites.extend(reg.pending_invites(uid).into_iter().filter(|(sid, _)| invited.insert(*sid)));
+                invites.extend(
+                    reg.pending_invites(uid)
+                        .into_iter()
+                        .filter(|(sid, _)| invited.insert(*sid)),
+                );
             }
             for (sid, acked) in reg.delivery_points(uid) {
                 let cursor = cursors.entry(sid).or_insert(acked);
                 *cursor = (*cursor).max(acked);
                 if let Some(msgs) = reg.pending_for(uid, sid, *cursor, DELIVERY_BATCH) {
                     more |= msgs.len() == DELIVERY_BATCH;
-                    batch.extend(msgs.into_iter().map(|(n, author, env)| (sid, n, author, env)));
+                    batch.extend(
+                        msgs.into_iter()
+                            .map(|(n, author, env)| (sid, n, author, env)),
+                    );
                 }
             }
         }
         for (sid, creator) in invites.drain(..) {
-            sender.seal_into(MsgType::InviteReq, sid, creator, &[], buf).map_err(io::Error::other)?;
+            sender
+                .seal_into(MsgType::InviteReq, sid, creator, &[], buf)
+                .map_err(io::Error::other)?;
             flush_full(stream, buf)?;
         }
         for (sid, n, author, envelope) in batch.drain(..) {
             sender
-                .seal_into(MsgType::MsgReq, sid, author, &[&n.to_be_bytes(), &envelope], buf)
+                .seal_into(
+                    MsgType::MsgReq,
+                    sid,
+                    author,
+                    &[&n.to_be_bytes(), &envelope],
+                    buf,
+                )
                 .map_err(io::Error::other)?;
             flush_full(stream, buf)?;
             cursors.insert(sid, n);
@@ -1095,7 +1246,10 @@ mod tests {
     #[test]
     fn connection_capacity_leaves_room_for_logins_and_everything_else() {
         // 2048 reserved, 72 waiting threads and 64 login threads at 4 mappings each.
-        assert_eq!(connection_capacity(65_530, 100, 64), (65_530 - 100 - 2048 - 288 - 256) / 8);
+        assert_eq!(
+            connection_capacity(65_530, 100, 64),
+            (65_530 - 100 - 2048 - 288 - 256) / 8
+        );
         assert_eq!(connection_capacity(1_000, 100, 64), 0);
         assert!(connection_capacity(1 << 20, 100, 64) > DEFAULT_MAX_CONNECTIONS);
     }

@@ -20,7 +20,8 @@ pub const DEFAULT_BACKLOG_MESSAGES: usize = 10_000;
 /// Default bound on the envelope bytes of those messages.
 pub const DEFAULT_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 /// The largest relayable envelope: 65,535 - 24 (header) - 12 (mac) - 8 (`n` prefix).
-pub const MAX_ENVELOPE_LEN: usize = crate::mtp::MAX_FRAME_LEN - crate::mtp::HEADER_LEN - crate::mtp::MAC_LEN - 8;
+pub const MAX_ENVELOPE_LEN: usize =
+    crate::mtp::MAX_FRAME_LEN - crate::mtp::HEADER_LEN - crate::mtp::MAC_LEN - 8;
 /// Longest public key line accepted in init_req and invite_res: the base64 of a
 /// 4096-bit SPKI is 736 characters; anything longer is refused before parsing.
 pub const MAX_KEY_TEXT_LEN: usize = 1024;
@@ -128,19 +129,25 @@ impl Session {
     /// Whether `uid` may see this session: the creator, accepted participants and
     /// invitees still to answer. A decliner is out.
     pub fn visible_to(&self, uid: u64) -> bool {
-        self.participant(uid).is_some_and(|p| p.answer != Answer::Declined)
+        self.participant(uid)
+            .is_some_and(|p| p.answer != Answer::Declined)
     }
 
     /// Accepted participants (creator included).
     pub fn accepted(&self) -> impl Iterator<Item = &Participant> {
-        self.participants.iter().filter(|p| p.answer == Answer::Accepted)
+        self.participants
+            .iter()
+            .filter(|p| p.answer == Answer::Accepted)
     }
 
     /// Stored messages for `uid` after `after`, authored by others, in `n` order.
     pub fn messages_after(&self, uid: u64, after: u64) -> impl Iterator<Item = &Stored> {
         // Stored messages have consecutive numbers (they are added in order and
         // forgotten from the front), so the start is found by arithmetic, not a scan.
-        let skip = self.messages.front().map_or(0, |m| after.saturating_sub(m.n - 1) as usize);
+        let skip = self
+            .messages
+            .front()
+            .map_or(0, |m| after.saturating_sub(m.n - 1) as usize);
         let durable = self.durable_n;
         self.messages
             .range(skip.min(self.messages.len())..)
@@ -169,15 +176,26 @@ impl Session {
     /// The session status payload: `OK\n<pending|live> <creator>\n` then a line per
     /// participant `<name> <uid> <answer> <online|offline> <acked>[ <key>]`.
     pub fn status_payload(&self, is_online: impl Fn(u64) -> bool) -> String {
-        let creator = self.participant(self.creator).map(|p| p.name.as_str()).unwrap_or("?");
-        let mut s = format!("OK\n{} {}\n", if self.live { "live" } else { "pending" }, creator);
+        let creator = self
+            .participant(self.creator)
+            .map(|p| p.name.as_str())
+            .unwrap_or("?");
+        let mut s = format!(
+            "OK\n{} {}\n",
+            if self.live { "live" } else { "pending" },
+            creator
+        );
         for p in &self.participants {
             s.push_str(&format!(
                 "{} {} {} {} {}",
                 p.name,
                 encoding::id_hex(p.uid),
                 p.answer.word(),
-                if is_online(p.uid) { "online" } else { "offline" },
+                if is_online(p.uid) {
+                    "online"
+                } else {
+                    "offline"
+                },
                 p.acked
             ));
             if let Some(k) = &p.key {
@@ -314,10 +332,14 @@ pub struct InitRequest {
 /// Parses `<public_key>\n<user_1>\n...<user_n>\n`. The final newline may be left out;
 /// empty lines are refused. Only the shape is checked here.
 pub fn parse_init(payload: &[u8], limits: &Limits) -> Result<InitRequest, Refusal> {
-    let text = std::str::from_utf8(payload).map_err(|_| Refusal::new("init request is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(payload).map_err(|_| Refusal::new("init request is not UTF-8"))?;
     let text = text.strip_suffix('\n').unwrap_or(text);
     let mut lines = text.split('\n');
-    let key = lines.next().filter(|k| !k.is_empty()).ok_or_else(|| Refusal::new("missing public key"))?;
+    let key = lines
+        .next()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Refusal::new("missing public key"))?;
     if key.len() > MAX_KEY_TEXT_LEN {
         return Err(Refusal::new("invalid public key"));
     }
@@ -338,7 +360,10 @@ pub fn parse_init(payload: &[u8], limits: &Limits) -> Result<InitRequest, Refusa
     if invitees.is_empty() {
         return Err(Refusal::new("no invitees"));
     }
-    Ok(InitRequest { key: key.to_string(), invitees })
+    Ok(InitRequest {
+        key: key.to_string(),
+        invitees,
+    })
 }
 
 /// A parsed invite_res payload.
@@ -379,7 +404,10 @@ pub struct Sessions {
 impl Sessions {
     /// An empty store with these limits.
     pub fn new(limits: Limits) -> Self {
-        Sessions { limits, ..Default::default() }
+        Sessions {
+            limits,
+            ..Default::default()
+        }
     }
 
     /// The limits in force.
@@ -389,7 +417,11 @@ impl Sessions {
 
     /// Rebuilds a store from sessions and closed sids (a snapshot). Every message is
     /// taken as durable.
-    pub fn from_parts(limits: Limits, sessions: Vec<Session>, closed: impl IntoIterator<Item = u64>) -> Self {
+    pub fn from_parts(
+        limits: Limits,
+        sessions: Vec<Session>,
+        closed: impl IntoIterator<Item = u64>,
+    ) -> Self {
         let mut this = Sessions::new(limits);
         this.closed.extend(closed);
         for mut s in sessions {
@@ -494,7 +526,12 @@ impl Sessions {
             }
         }
         debug_assert!(!self.is_used(sid), "the caller draws a fresh sid");
-        Ok(Record::Create { sid, creator, creator_key, invitees })
+        Ok(Record::Create {
+            sid,
+            creator,
+            creator_key,
+            invitees,
+        })
     }
 
     /// Checks an invitation answer; `None` means "no reply and no change" (not invited,
@@ -532,7 +569,12 @@ impl Sessions {
         {
             return Err(Refusal::new(reasons::BACKLOG_FULL));
         }
-        Ok(Record::Message { sid, n: s.last_n + 1, author, envelope: Arc::from(envelope) })
+        Ok(Record::Message {
+            sid,
+            n: s.last_n + 1,
+            author,
+            envelope: Arc::from(envelope),
+        })
     }
 
     /// Checks an acknowledgement; `None` if it changes nothing (stale, beyond the last
@@ -540,7 +582,11 @@ impl Sessions {
     pub fn plan_ack(&self, sid: u64, uid: u64, n: u64) -> Option<Record> {
         let s = self.sessions.get(&sid)?;
         let p = s.participant(uid)?;
-        (p.answer == Answer::Accepted && n > p.acked && n <= s.last_n).then_some(Record::Ack { sid, uid, n })
+        (p.answer == Answer::Accepted && n > p.acked && n <= s.last_n).then_some(Record::Ack {
+            sid,
+            uid,
+            n,
+        })
     }
 
     /// Checks a close request.
@@ -556,7 +602,12 @@ impl Sessions {
     /// bug or a damaged journal) are ignored and reported as `false`.
     pub fn apply(&mut self, rec: &Record) -> bool {
         match rec {
-            Record::Create { sid, creator, creator_key, invitees } => {
+            Record::Create {
+                sid,
+                creator,
+                creator_key,
+                invitees,
+            } => {
                 if self.is_used(*sid) {
                     return false;
                 }
@@ -593,9 +644,13 @@ impl Sessions {
                 true
             }
             Record::Answer { sid, uid, key } => {
-                let Some(s) = self.sessions.get_mut(sid) else { return false };
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return false;
+                };
                 let last_n = s.last_n;
-                let Some(p) = s.participant_mut(*uid) else { return false };
+                let Some(p) = s.participant_mut(*uid) else {
+                    return false;
+                };
                 if p.answer != Answer::Invited {
                     return false;
                 }
@@ -621,21 +676,36 @@ impl Sessions {
                 }
                 _ => false,
             },
-            Record::Message { sid, n, author, envelope } => {
-                let Some(s) = self.sessions.get_mut(sid) else { return false };
+            Record::Message {
+                sid,
+                n,
+                author,
+                envelope,
+            } => {
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return false;
+                };
                 if *n != s.last_n + 1 {
                     return false;
                 }
                 s.last_n = *n;
                 s.backlog_bytes += envelope.len();
-                s.messages.push_back(Stored { n: *n, author: *author, envelope: envelope.clone() });
+                s.messages.push_back(Stored {
+                    n: *n,
+                    author: *author,
+                    envelope: envelope.clone(),
+                });
                 s.forget_acknowledged();
                 true
             }
             Record::Ack { sid, uid, n } => {
-                let Some(s) = self.sessions.get_mut(sid) else { return false };
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return false;
+                };
                 let last_n = s.last_n;
-                let Some(p) = s.participant_mut(*uid) else { return false };
+                let Some(p) = s.participant_mut(*uid) else {
+                    return false;
+                };
                 if *n <= p.acked || *n > last_n {
                     return false;
                 }
@@ -672,8 +742,14 @@ impl Sessions {
                 _ if s.live => "live",
                 _ => "pending",
             };
-            let creator = s.participant(s.creator).map(|p| p.name.as_str()).unwrap_or("?");
-            lines.insert(s.sid, format!("{} {} {}\n", encoding::id_hex(s.sid), state, creator));
+            let creator = s
+                .participant(s.creator)
+                .map(|p| p.name.as_str())
+                .unwrap_or("?");
+            lines.insert(
+                s.sid,
+                format!("{} {} {}\n", encoding::id_hex(s.sid), state, creator),
+            );
         }
         let mut out = String::from("OK\n");
         lines.into_values().for_each(|l| out.push_str(&l));
@@ -696,21 +772,27 @@ mod tests {
 
     fn with_session() -> Sessions {
         let mut s = Sessions::new(Limits::default());
-        let rec = s.plan_init(SID, named(A), "KA".into(), vec![named(B), named(C)]).unwrap();
+        let rec = s
+            .plan_init(SID, named(A), "KA".into(), vec![named(B), named(C)])
+            .unwrap();
         assert!(s.apply(&rec));
         s
     }
 
     fn send(s: &mut Sessions, author: u64, body: &[u8]) -> u64 {
         let rec = s.plan_message(SID, author, body).unwrap();
-        let Record::Message { n, .. } = rec else { panic!("not a message record") };
+        let Record::Message { n, .. } = rec else {
+            panic!("not a message record")
+        };
         assert!(s.apply(&rec));
         s.mark_durable(SID, n);
         n
     }
 
     fn accept(s: &mut Sessions, uid: u64) {
-        let rec = s.plan_answer(SID, uid, InviteAnswer::Accept(format!("K{uid:x}"))).unwrap();
+        let rec = s
+            .plan_answer(SID, uid, InviteAnswer::Accept(format!("K{uid:x}")))
+            .unwrap();
         assert!(s.apply(&rec));
     }
 
@@ -718,42 +800,94 @@ mod tests {
     fn init_payload_parses_with_or_without_final_newline() {
         let l = Limits::default();
         let r = parse_init(b"KEY\nbob\ncarol\n", &l).unwrap();
-        assert_eq!(r, InitRequest { key: "KEY".into(), invitees: vec!["bob".into(), "carol".into()] });
-        assert_eq!(parse_init(b"KEY\nbob", &l).unwrap().invitees, vec!["bob".to_string()]);
+        assert_eq!(
+            r,
+            InitRequest {
+                key: "KEY".into(),
+                invitees: vec!["bob".into(), "carol".into()]
+            }
+        );
+        assert_eq!(
+            parse_init(b"KEY\nbob", &l).unwrap().invitees,
+            vec!["bob".to_string()]
+        );
         assert_eq!(parse_init(b"KEY\n", &l).unwrap_err().0, "no invitees");
         assert_eq!(parse_init(b"", &l).unwrap_err().0, "missing public key");
-        assert_eq!(parse_init(b"KEY\n\nbob\n", &l).unwrap_err().0, "empty line in invitee list");
+        assert_eq!(
+            parse_init(b"KEY\n\nbob\n", &l).unwrap_err().0,
+            "empty line in invitee list"
+        );
         assert!(parse_init(&[0xff, b'\n', b'b'], &l).is_err());
     }
 
     #[test]
     fn init_refuses_self_duplicates_and_too_many() {
-        let s = Sessions::new(Limits { max_participants: 3, ..Limits::default() });
-        assert_eq!(s.plan_init(1, named(A), "K".into(), vec![named(A)]).unwrap_err().0, "you cannot invite yourself");
+        let s = Sessions::new(Limits {
+            max_participants: 3,
+            ..Limits::default()
+        });
         assert_eq!(
-            s.plan_init(1, named(A), "K".into(), vec![named(B), named(B)]).unwrap_err().0,
+            s.plan_init(1, named(A), "K".into(), vec![named(A)])
+                .unwrap_err()
+                .0,
+            "you cannot invite yourself"
+        );
+        assert_eq!(
+            s.plan_init(1, named(A), "K".into(), vec![named(B), named(B)])
+                .unwrap_err()
+                .0,
             "duplicate invitee userb"
         );
-        assert!(s.plan_init(1, named(A), "K".into(), vec![named(B), named(C)]).is_ok());
         assert!(s
-            .plan_init(1, named(A), "K".into(), vec![named(B), named(C), named(0xd)])
+            .plan_init(1, named(A), "K".into(), vec![named(B), named(C)])
+            .is_ok());
+        assert!(s
+            .plan_init(
+                1,
+                named(A),
+                "K".into(),
+                vec![named(B), named(C), named(0xd)]
+            )
             .unwrap_err()
             .0
             .starts_with("too many participants"));
         let many = format!("K\n{}", "x\n".repeat(3));
-        assert!(parse_init(many.as_bytes(), s.limits()).unwrap_err().0.starts_with("too many"));
+        assert!(parse_init(many.as_bytes(), s.limits())
+            .unwrap_err()
+            .0
+            .starts_with("too many"));
     }
 
     #[test]
     fn messages_need_a_live_session_and_an_accepted_sender() {
         let mut s = with_session();
-        assert_eq!(s.plan_message(SID, A, b"x").unwrap_err().0, reasons::NOT_LIVE);
+        assert_eq!(
+            s.plan_message(SID, A, b"x").unwrap_err().0,
+            reasons::NOT_LIVE
+        );
         assert!(s.apply(&Record::Live { sid: SID }));
-        assert_eq!(s.plan_message(SID, B, b"x").unwrap_err().0, reasons::NOT_ACCEPTED);
-        assert_eq!(s.plan_message(SID, 0xd, b"x").unwrap_err().0, reasons::NOT_A_PARTICIPANT);
-        assert_eq!(s.plan_message(0x999, A, b"x").unwrap_err().0, reasons::NOT_A_PARTICIPANT);
-        assert_eq!(s.plan_message(SID, A, b"").unwrap_err().0, reasons::EMPTY_MESSAGE);
-        assert_eq!(s.plan_message(SID, A, &vec![1; MAX_ENVELOPE_LEN + 1]).unwrap_err().0, reasons::TOO_LARGE);
+        assert_eq!(
+            s.plan_message(SID, B, b"x").unwrap_err().0,
+            reasons::NOT_ACCEPTED
+        );
+        assert_eq!(
+            s.plan_message(SID, 0xd, b"x").unwrap_err().0,
+            reasons::NOT_A_PARTICIPANT
+        );
+        assert_eq!(
+            s.plan_message(0x999, A, b"x").unwrap_err().0,
+            reasons::NOT_A_PARTICIPANT
+        );
+        assert_eq!(
+            s.plan_message(SID, A, b"").unwrap_err().0,
+            reasons::EMPTY_MESSAGE
+        );
+        assert_eq!(
+            s.plan_message(SID, A, &vec![1; MAX_ENVELOPE_LEN + 1])
+                .unwrap_err()
+                .0,
+            reasons::TOO_LARGE
+        );
         assert_eq!(send(&mut s, A, b"one"), 1);
         assert_eq!(send(&mut s, A, b"two"), 2);
     }
@@ -769,7 +903,10 @@ mod tests {
         let sess = s.get(SID).unwrap();
         assert_eq!(sess.participant(C).unwrap().acked, 2);
         assert_eq!(sess.messages_after(C, 2).count(), 0);
-        assert_eq!(sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]
@@ -781,10 +918,16 @@ mod tests {
         let rec = s.plan_message(SID, A, b"two").unwrap();
         s.apply(&rec);
         let sess = s.get(SID).unwrap();
-        assert_eq!(sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(),
+            vec![1]
+        );
         s.mark_durable(SID, 2);
         let sess = s.get(SID).unwrap();
-        assert_eq!(sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            sess.messages_after(B, 0).map(|m| m.n).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]
@@ -801,7 +944,10 @@ mod tests {
         s.apply(&s.plan_ack(SID, B, 1).unwrap());
         // Message 2 still waits for A.
         let sess = s.get(SID).unwrap();
-        assert_eq!(sess.messages.iter().map(|m| m.n).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            sess.messages.iter().map(|m| m.n).collect::<Vec<_>>(),
+            vec![2]
+        );
         assert_eq!(sess.backlog_bytes, 3);
         s.apply(&s.plan_ack(SID, A, 2).unwrap());
         assert!(s.get(SID).unwrap().messages.is_empty());
@@ -818,19 +964,36 @@ mod tests {
         assert_eq!(s.plan_ack(SID, C, 1), None, "not accepted");
         s.apply(&s.plan_ack(SID, B, 1).unwrap());
         assert_eq!(s.plan_ack(SID, B, 1), None, "already acknowledged");
-        assert!(!s.apply(&Record::Ack { sid: SID, uid: B, n: 1 }));
+        assert!(!s.apply(&Record::Ack {
+            sid: SID,
+            uid: B,
+            n: 1
+        }));
     }
 
     #[test]
     fn the_backlog_is_bounded_by_count_and_bytes() {
-        let mut s = Sessions::new(Limits { backlog_messages: 2, backlog_bytes: 10, ..Limits::default() });
-        s.apply(&s.plan_init(SID, named(A), "K".into(), vec![named(B)]).unwrap());
+        let mut s = Sessions::new(Limits {
+            backlog_messages: 2,
+            backlog_bytes: 10,
+            ..Limits::default()
+        });
+        s.apply(
+            &s.plan_init(SID, named(A), "K".into(), vec![named(B)])
+                .unwrap(),
+        );
         s.apply(&Record::Live { sid: SID });
         accept(&mut s, B);
         send(&mut s, A, b"1234");
-        assert_eq!(s.plan_message(SID, A, b"1234567").unwrap_err().0, reasons::BACKLOG_FULL);
+        assert_eq!(
+            s.plan_message(SID, A, b"1234567").unwrap_err().0,
+            reasons::BACKLOG_FULL
+        );
         send(&mut s, A, b"123456");
-        assert_eq!(s.plan_message(SID, A, b"1").unwrap_err().0, reasons::BACKLOG_FULL);
+        assert_eq!(
+            s.plan_message(SID, A, b"1").unwrap_err().0,
+            reasons::BACKLOG_FULL
+        );
         s.apply(&s.plan_ack(SID, B, 2).unwrap());
         assert_eq!(send(&mut s, A, b"1"), 3);
     }
@@ -840,7 +1003,11 @@ mod tests {
         let mut s = with_session();
         accept(&mut s, B);
         assert_eq!(s.plan_answer(SID, B, InviteAnswer::Deny), None);
-        assert_eq!(s.plan_answer(SID, A, InviteAnswer::Deny), None, "the creator is not invited");
+        assert_eq!(
+            s.plan_answer(SID, A, InviteAnswer::Deny),
+            None,
+            "the creator is not invited"
+        );
         assert_eq!(s.plan_answer(SID, 0xd, InviteAnswer::Deny), None);
         s.apply(&s.plan_answer(SID, C, InviteAnswer::Deny).unwrap());
         assert_eq!(s.visible(SID, C).unwrap_err().0, reasons::NOT_A_PARTICIPANT);
@@ -852,17 +1019,31 @@ mod tests {
         let mut s = with_session();
         accept(&mut s, B);
         assert_eq!(s.plan_close(SID, B).unwrap_err().0, reasons::ONLY_CREATOR);
-        assert_eq!(s.plan_close(SID, 0xd).unwrap_err().0, reasons::NOT_A_PARTICIPANT);
+        assert_eq!(
+            s.plan_close(SID, 0xd).unwrap_err().0,
+            reasons::NOT_A_PARTICIPANT
+        );
         s.apply(&s.plan_close(SID, A).unwrap());
         assert!(s.get(SID).is_none());
         assert!(s.is_used(SID));
         assert_eq!(s.plan_close(SID, A).unwrap_err().0, reasons::SESSION_CLOSED);
-        assert_eq!(s.plan_message(SID, A, b"x").unwrap_err().0, reasons::SESSION_CLOSED);
+        assert_eq!(
+            s.plan_message(SID, A, b"x").unwrap_err().0,
+            reasons::SESSION_CLOSED
+        );
         assert_eq!(s.visible(SID, 0xd).unwrap_err().0, reasons::SESSION_CLOSED);
         assert_eq!(s.list_payload(A), "OK\n");
-        let again = Record::Create { sid: SID, creator: named(A), creator_key: "K".into(), invitees: vec![named(B)] };
+        let again = Record::Create {
+            sid: SID,
+            creator: named(A),
+            creator_key: "K".into(),
+            invitees: vec![named(B)],
+        };
         assert!(!s.apply(&again), "a closed sid is never reused");
-        assert!(!s.apply(&Record::Close { sid: SID }), "closing twice changes nothing");
+        assert!(
+            !s.apply(&Record::Close { sid: SID }),
+            "closing twice changes nothing"
+        );
     }
 
     #[test]
@@ -898,7 +1079,10 @@ mod tests {
     #[test]
     fn invite_answers_and_acks_parse_strictly() {
         assert_eq!(parse_invite_answer(b"Deny"), Some(InviteAnswer::Deny));
-        assert_eq!(parse_invite_answer(b"Accept\nKEY"), Some(InviteAnswer::Accept("KEY".into())));
+        assert_eq!(
+            parse_invite_answer(b"Accept\nKEY"),
+            Some(InviteAnswer::Accept("KEY".into()))
+        );
         assert_eq!(parse_invite_answer(b"Accept\n"), None);
         assert_eq!(parse_invite_answer(b"Accept\nA\nB"), None);
         assert_eq!(parse_invite_answer(b"deny"), None);

@@ -41,14 +41,23 @@ impl ThreadCache {
     /// A cache of threads with `stack` bytes of stack, keeping at most `max_idle` of
     /// them waiting for work, each for at most `linger`.
     pub fn new(stack: usize, max_idle: usize, linger: Duration) -> ThreadCache {
-        ThreadCache { shared: Arc::new(Waiting { stack, max_idle, linger, idle: Mutex::new(Vec::new()) }) }
+        ThreadCache {
+            shared: Arc::new(Waiting {
+                stack,
+                max_idle,
+                linger,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// Runs `f` on a waiting thread, or on a new one if none waits.
     pub fn spawn(&self, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         let mut job: Job = Box::new(f);
         loop {
-            let Some((_, tx)) = self.shared.waiting().pop() else { break };
+            let Some((_, tx)) = self.shared.waiting().pop() else {
+                break;
+            };
             // A thread whose entry is taken waits for the job however long it takes;
             // a send fails only if that thread died, and then the next one is tried.
             match tx.send(job) {
@@ -57,7 +66,10 @@ impl ThreadCache {
             }
         }
         let shared = self.shared.clone();
-        std::thread::Builder::new().stack_size(shared.stack).spawn(move || run(&shared, job)).map(drop)
+        std::thread::Builder::new()
+            .stack_size(shared.stack)
+            .spawn(move || run(&shared, job))
+            .map(drop)
     }
 
     /// Threads waiting for work now.
@@ -130,11 +142,19 @@ mod tests {
         let cache = ThreadCache::new(64 * 1024, 4, Duration::from_secs(60));
         let (tx, rx) = channel();
         let t = tx.clone();
-        cache.spawn(move || t.send(std::thread::current().id()).unwrap()).unwrap();
+        cache
+            .spawn(move || t.send(std::thread::current().id()).unwrap())
+            .unwrap();
         let first = rx.recv().unwrap();
         assert!(wait_until(|| cache.idle() == 1));
-        cache.spawn(move || tx.send(std::thread::current().id()).unwrap()).unwrap();
-        assert_eq!(rx.recv().unwrap(), first, "the waiting thread was not reused");
+        cache
+            .spawn(move || tx.send(std::thread::current().id()).unwrap())
+            .unwrap();
+        assert_eq!(
+            rx.recv().unwrap(),
+            first,
+            "the waiting thread was not reused"
+        );
     }
 
     #[test]
@@ -145,11 +165,12 @@ mod tests {
         for i in 0..5 {
             let (tx, gate) = (tx.clone(), gate.clone());
             // All five run at once (the barrier), so five threads exist.
-            cache.spawn(move || {
-                gate.wait();
-                tx.send(i).unwrap();
-            })
-            .unwrap();
+            cache
+                .spawn(move || {
+                    gate.wait();
+                    tx.send(i).unwrap();
+                })
+                .unwrap();
         }
         gate.wait();
         let mut got: Vec<i32> = (0..5).map(|_| rx.recv().unwrap()).collect();
@@ -175,7 +196,10 @@ mod tests {
         cache.spawn(move || t.send(1).unwrap()).unwrap();
         assert_eq!(rx.recv().unwrap(), 1);
         assert!(wait_until(|| cache.idle() == 1));
-        assert!(wait_until(|| cache.idle() == 0), "the waiting thread did not end");
+        assert!(
+            wait_until(|| cache.idle() == 0),
+            "the waiting thread did not end"
+        );
         cache.spawn(move || tx.send(2).unwrap()).unwrap();
         assert_eq!(rx.recv().unwrap(), 2);
     }

@@ -43,18 +43,19 @@ fn run_with_json(cmd: &mut Command, tag: &str) -> (String, String) {
 #[test]
 fn a_tiny_run_measures_every_section_and_loses_no_message() {
     let (stdout, text) = run_with_json(
-        bench().args([
-            "--quick",
-            "--time-scale",
-            "0.1",
-            "--sizes",
-            "2,3",
-            "--idle",
-            "10",
-            "--login-iterations",
-            "1000",
-        ])
-        .args(["--senders", "2", "--runs", "1"]),
+        bench()
+            .args([
+                "--quick",
+                "--time-scale",
+                "0.1",
+                "--sizes",
+                "2,3",
+                "--idle",
+                "10",
+                "--login-iterations",
+                "1000",
+            ])
+            .args(["--senders", "2", "--runs", "1"]),
         "run",
     );
     for heading in [
@@ -145,8 +146,23 @@ fn a_running_server_is_measured_with_accounts_it_gets_back_without() {
     server.add_user("alice", "alice's own password");
     let (stdout, text) = run_with_json(
         bench()
-            .args(["--quick", "--time-scale", "0.1", "--runs", "1", "--no-ngircd", "--no-plain-env"])
-            .args(["--only", "relay,login,memory,durability", "--sizes", "3", "--idle", "5"])
+            .args([
+                "--quick",
+                "--time-scale",
+                "0.1",
+                "--runs",
+                "1",
+                "--no-ngircd",
+                "--no-plain-env",
+            ])
+            .args([
+                "--only",
+                "relay,login,memory,durability",
+                "--sizes",
+                "3",
+                "--idle",
+                "5",
+            ])
             .args(["--login-iterations", "1000"])
             .arg("--target")
             .arg(server.addr.to_string())
@@ -154,7 +170,10 @@ fn a_running_server_is_measured_with_accounts_it_gets_back_without() {
             .arg(&server.state),
         "target",
     );
-    assert!(text.contains(&format!("running on {}", server.addr)), "{text}");
+    assert!(
+        text.contains(&format!("running on {}", server.addr)),
+        "{text}"
+    );
     for key in [
         "{\"section\": \"relay-saturated\", \"system\": \"mpchat\", \"param\": \"participants=3\", \"metric\": \"deliveries_per_s\"",
         "\"system\": \"mpchat\", \"param\": \"iterations=1000\", \"metric\": \"server_cpu_ms_per_login\"",
@@ -162,7 +181,10 @@ fn a_running_server_is_measured_with_accounts_it_gets_back_without() {
     ] {
         assert!(text.contains(key), "no {key} in\n{text}");
     }
-    assert!(stdout.contains("durability: it compares group commit"), "{stdout}");
+    assert!(
+        stdout.contains("durability: it compares group commit"),
+        "{stdout}"
+    );
     // The bench's accounts are gone again; the server's own user is untouched.
     let users = Command::new(env!("CARGO_BIN_EXE_mpchatd"))
         .arg("users")
@@ -171,7 +193,10 @@ fn a_running_server_is_measured_with_accounts_it_gets_back_without() {
         .output()
         .expect("run mpchatd users");
     let listed = String::from_utf8_lossy(&users.stdout);
-    assert!(listed.contains("alice") && !listed.contains("mpbench-"), "{listed}");
+    assert!(
+        listed.contains("alice") && !listed.contains("mpbench-"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -179,8 +204,14 @@ fn a_target_needs_its_state_directory_and_a_loopback_address() {
     for (args, says) in [
         (&["--target", "127.0.0.1:5150"][..], "go together"),
         (&["--target-state-dir", "/tmp"][..], "go together"),
-        (&["--target", "192.0.2.1:5150", "--target-state-dir", "/tmp"][..], "loopback"),
-        (&["--target", "localhost", "--target-state-dir", "/tmp"][..], "ADDR:PORT"),
+        (
+            &["--target", "192.0.2.1:5150", "--target-state-dir", "/tmp"][..],
+            "loopback",
+        ),
+        (
+            &["--target", "localhost", "--target-state-dir", "/tmp"][..],
+            "ADDR:PORT",
+        ),
     ] {
         let out = bench().args(args).output().expect("run mpchat-bench");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -35,19 +35,39 @@ fn three_clients_run_a_whole_session_lifecycle() {
     assert_eq!(alice.expect("msg "), format!("msg {sid} bob hi alice"));
 
     alice.send(&format!("/status {sid}"));
-    assert_eq!(alice.expect(&format!("status {sid} ")), format!("status {sid} live alice"));
-    let lines: Vec<String> = (0..3).map(|_| alice.expect(&format!("status {sid} "))).collect();
-    assert!(lines.iter().any(|l| l.starts_with(&format!("status {sid} alice ")) && l.contains(" accepted online ")));
-    assert!(lines.iter().any(|l| l.starts_with(&format!("status {sid} bob ")) && l.contains(" accepted online 1")));
-    assert!(lines.iter().any(|l| l.starts_with(&format!("status {sid} carol ")) && l.contains(" declined ")));
+    assert_eq!(
+        alice.expect(&format!("status {sid} ")),
+        format!("status {sid} live alice")
+    );
+    let lines: Vec<String> = (0..3)
+        .map(|_| alice.expect(&format!("status {sid} ")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("status {sid} alice "))
+                && l.contains(" accepted online "))
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with(&format!("status {sid} bob ")) && l.contains(" accepted online 1")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with(&format!("status {sid} carol ")) && l.contains(" declined ")));
 
     bob.send("/status");
     assert_eq!(bob.expect("status "), format!("status {sid} live alice"));
     carol.send(&format!("/status {sid}"));
-    assert_eq!(carol.expect("error "), format!("error status {sid} not a participant"));
+    assert_eq!(
+        carol.expect("error "),
+        format!("error status {sid} not a participant")
+    );
 
     bob.send(&format!("/close {sid}"));
-    assert_eq!(bob.expect("error "), format!("error close {sid} only the creator can close"));
+    assert_eq!(
+        bob.expect("error "),
+        format!("error close {sid} only the creator can close")
+    );
     alice.send(&format!("/close {sid}"));
     assert_eq!(alice.expect("closed "), format!("closed {sid}"));
     assert_eq!(bob.expect("closed "), format!("closed {sid}"));
@@ -59,7 +79,9 @@ fn three_clients_run_a_whole_session_lifecycle() {
     for c in [alice, bob, carol] {
         let (status, transcript) = c.finish();
         assert!(status.success(), "{transcript:?}");
-        assert!(!transcript.iter().any(|l| l.starts_with("msg ") && l.contains("too late")));
+        assert!(!transcript
+            .iter()
+            .any(|l| l.starts_with("msg ") && l.contains("too late")));
     }
     // Server blindness: no plaintext in the log or the state directory.
     let log = server.log();
@@ -70,13 +92,20 @@ fn three_clients_run_a_whole_session_lifecycle() {
     assert!(state.len() > 1000, "the state directory holds the journal");
     for secret in ["hello bob", "hi alice", "too late", "pw-alice-secret"] {
         assert!(!log.contains(secret), "the server log holds {secret:?}");
-        assert!(!state.windows(secret.len()).any(|w| w == secret.as_bytes()), "the state holds {secret:?}");
+        assert!(
+            !state.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the state holds {secret:?}"
+        );
     }
 }
 
 #[test]
 fn a_client_reconnects_after_the_server_restarts_and_carries_on() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let state = common::temp_dir("reconnect");
     let mut server = Server::start_in(&state, &["--listen", &listen, "--invite-wait", "5"]);
@@ -125,7 +154,9 @@ fn an_invitee_offline_at_init_gets_the_invite_at_login_and_can_join() {
     bob.send(&format!("/status {sid}"));
     bob.expect(&format!("status {sid} bob "));
     alice.send(&format!("/status {sid}"));
-    alice.expect_where("bob accepted", |l| l.starts_with(&format!("status {sid} bob ")) && l.contains(" accepted "));
+    alice.expect_where("bob accepted", |l| {
+        l.starts_with(&format!("status {sid} bob ")) && l.contains(" accepted ")
+    });
     alice.send(&format!("/msg {sid} after bob"));
     assert_eq!(bob.expect("msg "), format!("msg {sid} alice after bob"));
     assert_eq!(carol.expect("msg "), format!("msg {sid} alice after bob"));
@@ -133,7 +164,10 @@ fn an_invitee_offline_at_init_gets_the_invite_at_login_and_can_join() {
     assert_eq!(alice.expect("msg "), format!("msg {sid} bob bob here"));
     assert_eq!(carol.expect("msg "), format!("msg {sid} bob bob here"));
     let (_, bob_lines) = bob.finish();
-    assert!(!bob_lines.iter().any(|l| l.contains("before bob")), "{bob_lines:?}");
+    assert!(
+        !bob_lines.iter().any(|l| l.contains("before bob")),
+        "{bob_lines:?}"
+    );
 }
 
 #[test]
@@ -200,7 +234,11 @@ fn every_member_of_a_fifty_member_session_receives_every_message() {
 fn a_damaged_seen_file_stops_the_client_rather_than_dropping_replay_protection() {
     let server = Server::start(&[]);
     let u = users(&server, &["alice"]);
-    std::fs::write(u[0].config_dir.join(mpchat::pins::SEEN_FILE), b"not a seen file").unwrap();
+    std::fs::write(
+        u[0].config_dir.join(mpchat::pins::SEEN_FILE),
+        b"not a seen file",
+    )
+    .unwrap();
     let client = Client::start(&server, &u[0]);
     let (status, _) = client.finish();
     assert_eq!(status.code(), Some(1));

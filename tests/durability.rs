@@ -54,7 +54,9 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
         let mut threads = Vec::new();
         for (who, peer) in [("alice", "bob"), ("bob", "alice"), ("carol", "")] {
             let mut raw = login(&server, who);
-            raw.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            raw.stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
             let (acked, received, stop) = (acked.clone(), received.clone(), stop.clone());
             let who = who.to_string();
             let sends = !peer.is_empty();
@@ -73,10 +75,16 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
                     let Some((h, p)) = raw.try_recv() else { return };
                     match h.typ {
                         MsgType::MsgRes => {
-                            let n: u64 = text(&p).strip_prefix("OK ").and_then(|n| n.parse().ok()).expect("OK <n>");
+                            let n: u64 = text(&p)
+                                .strip_prefix("OK ")
+                                .and_then(|n| n.parse().ok())
+                                .expect("OK <n>");
                             let env = waiting.take().expect("a reply to our message");
                             let mut a = acked.lock().unwrap();
-                            assert!(a.insert(n, env).is_none(), "message number {n} acknowledged twice");
+                            assert!(
+                                a.insert(n, env).is_none(),
+                                "message number {n} acknowledged twice"
+                            );
                         }
                         MsgType::MsgReq => {
                             let n = u64::from_be_bytes(p[..8].try_into().unwrap());
@@ -84,12 +92,16 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
                             let mut r = received.lock().unwrap();
                             let mine = r.entry(who.clone()).or_default();
                             if let Some(prev) = mine.get(&n) {
-                                assert_eq!(prev, &env, "{who} got two different messages numbered {n}");
+                                assert_eq!(
+                                    prev, &env,
+                                    "{who} got two different messages numbered {n}"
+                                );
                             } else {
                                 mine.insert(n, env);
                             }
                             drop(r);
-                            let _ = raw.try_send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
+                            let _ =
+                                raw.try_send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
                         }
                         _ => {}
                     }
@@ -110,8 +122,15 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
     // Restart once more and collect everything still owed to each recipient.
     let server = Server::start_in(&state, &["--invite-wait", "2"]);
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > rounds, "the senders got too few acknowledgements to test anything: {}", acked.len());
-    println!("{} acknowledged messages over {rounds} kill -9 rounds", acked.len());
+    assert!(
+        acked.len() > rounds,
+        "the senders got too few acknowledgements to test anything: {}",
+        acked.len()
+    );
+    println!(
+        "{} acknowledged messages over {rounds} kill -9 rounds",
+        acked.len()
+    );
     for who in ["alice", "bob", "carol"] {
         let mut raw = login(&server, who);
         let mut got = received.lock().unwrap().remove(who).unwrap_or_default();
@@ -122,7 +141,9 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
             .collect();
         let deadline = Instant::now() + Duration::from_secs(20);
         while owed.iter().any(|n| !got.contains_key(n)) && Instant::now() < deadline {
-            raw.stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            raw.stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
             let Some((h, p)) = raw.try_recv() else { break };
             if h.typ == MsgType::MsgReq {
                 let n = u64::from_be_bytes(p[..8].try_into().unwrap());
@@ -135,17 +156,27 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
             }
         }
         for n in &owed {
-            assert_eq!(got.get(n), acked.get(n), "{who} is missing acknowledged message {n}");
+            assert_eq!(
+                got.get(n),
+                acked.get(n),
+                "{who} is missing acknowledged message {n}"
+            );
         }
     }
 
     // Closed stays closed.
     let mut a = login(&server, "alice");
     a.send(MsgType::MsgReq, closed_sid, b"x");
-    assert_eq!(text(&a.recv_type(MsgType::MsgRes).1), "error: session closed");
+    assert_eq!(
+        text(&a.recv_type(MsgType::MsgRes).1),
+        "error: session closed"
+    );
     a.send(MsgType::StatusReq, 0, b"");
     let listing = text(&a.recv_type(MsgType::StatusRes).1);
-    assert!(listing.contains(&id_hex(sid)) && !listing.contains(&id_hex(closed_sid)), "{listing}");
+    assert!(
+        listing.contains(&id_hex(sid)) && !listing.contains(&id_hex(closed_sid)),
+        "{listing}"
+    );
 }
 
 #[test]
@@ -159,7 +190,11 @@ fn a_restart_resumes_live_sessions_pending_invites_and_undelivered_messages() {
     let mut b = login(&server, "bob");
     let sid = session(&mut a, &mut [&mut b]);
     // carol is invited to a second session while offline.
-    a.send(MsgType::InitReq, 0, format!("{}\ncarol\n", key_line()).as_bytes());
+    a.send(
+        MsgType::InitReq,
+        0,
+        format!("{}\ncarol\n", key_line()).as_bytes(),
+    );
     let (h, _) = a.recv_type(MsgType::InitRes);
     let sid2 = h.sid;
     drop(b);
@@ -179,14 +214,20 @@ fn a_restart_resumes_live_sessions_pending_invites_and_undelivered_messages() {
     assert_eq!(h.sid, sid2);
     let mut a = login(&server, "alice");
     a.send(MsgType::MsgReq, sid, b"after the restart");
-    assert_eq!(text(&a.recv_type(MsgType::MsgRes).1), "OK 2", "numbering continues");
+    assert_eq!(
+        text(&a.recv_type(MsgType::MsgRes).1),
+        "OK 2",
+        "numbering continues"
+    );
 }
 
 fn state_files_contain(dir: &Path, needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let mut bytes = Vec::new();
-        if std::fs::File::open(e.path()).and_then(|mut f| f.read_to_end(&mut bytes)).is_ok()
+        if std::fs::File::open(e.path())
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .is_ok()
             && bytes.windows(needle.len()).any(|w| w == needle)
         {
             hits.push(e.file_name().to_string_lossy().into_owned());
@@ -207,7 +248,10 @@ fn a_closed_sessions_envelopes_are_gone_from_disk_after_compaction() {
     let marker = b"ENVELOPE-MARKER-7f3a9c";
     a.send(MsgType::MsgReq, doomed, marker);
     assert_eq!(text(&a.recv_type(MsgType::MsgRes).1), "OK 1");
-    assert!(!state_files_contain(&server.state, marker).is_empty(), "the envelope was stored");
+    assert!(
+        !state_files_contain(&server.state, marker).is_empty(),
+        "the envelope was stored"
+    );
     a.send(MsgType::CloseReq, doomed, b"");
     assert_eq!(text(&a.recv_type(MsgType::CloseRes).1), "OK");
     // Traffic in another session grows the journal past the compaction bound.
@@ -220,7 +264,10 @@ fn a_closed_sessions_envelopes_are_gone_from_disk_after_compaction() {
     while !state_files_contain(&server.state, marker).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(state_files_contain(&server.state, marker), Vec::<String>::new());
+    assert_eq!(
+        state_files_contain(&server.state, marker),
+        Vec::<String>::new()
+    );
     wait_for_log(&server, "about the compaction", |l| l.contains("compacted"));
 }
 
@@ -235,7 +282,10 @@ fn run_to_exit(state: &Path, extra: &[&str]) -> (Option<i32>, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -261,9 +311,16 @@ fn damage_before_the_journal_tail_stops_start_up_naming_file_and_offset() {
     std::fs::write(&journal, &bytes).unwrap();
     let (code, stderr) = run_to_exit(&state, &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("mpchatd:")).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("mpchatd:")).count(),
+        1,
+        "{stderr}"
+    );
     assert!(stderr.contains(&journal.display().to_string()), "{stderr}");
-    assert!(stderr.contains(&format!("{header}")), "the offset: {stderr}");
+    assert!(
+        stderr.contains(&format!("{header}")),
+        "the offset: {stderr}"
+    );
 }
 
 #[test]
@@ -276,7 +333,10 @@ fn a_state_directory_of_another_format_version_is_refused() {
     std::fs::write(&journal, &bytes).unwrap();
     let (code, stderr) = run_to_exit(&state, &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("version 2") && stderr.contains(&journal.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("version 2") && stderr.contains(&journal.display().to_string()),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -289,7 +349,11 @@ fn a_full_disk_gives_error_replies_and_the_server_keeps_serving() {
     }
     // Files the server writes may not grow past a small limit (`ulimit -f`; SIGXFSZ
     // ignored so a write fails with EFBIG instead of killing the server).
-    let server = Server::start_wrapped(&state, "trap '' XFSZ; ulimit -f 128; exec \"$0\" \"$@\"", &["--invite-wait", "1"]);
+    let server = Server::start_wrapped(
+        &state,
+        "trap '' XFSZ; ulimit -f 128; exec \"$0\" \"$@\"",
+        &["--invite-wait", "1"],
+    );
     let mut a = login(&server, "alice");
     let mut b = login(&server, "bob");
     let sid = session(&mut a, &mut [&mut b]);
@@ -307,7 +371,10 @@ fn a_full_disk_gives_error_replies_and_the_server_keeps_serving() {
         }
     }
     let refused = refused.expect("the size limit was reached");
-    assert!(refused.starts_with("error: the server could not store this"), "{refused}");
+    assert!(
+        refused.starts_with("error: the server could not store this"),
+        "{refused}"
+    );
     // Still serving: status works, and bob still gets what was acknowledged.
     a.send(MsgType::StatusReq, 0, b"");
     assert!(text(&a.recv_type(MsgType::StatusRes).1).starts_with("OK\n"));
@@ -317,5 +384,7 @@ fn a_full_disk_gives_error_replies_and_the_server_keeps_serving() {
         assert_eq!(h.sid, sid);
         got = u64::from_be_bytes(p[..8].try_into().unwrap());
     }
-    wait_for_log(&server, "about the failed write", |l| l.contains("cannot write the journal"));
+    wait_for_log(&server, "about the failed write", |l| {
+        l.contains("cannot write the journal")
+    });
 }

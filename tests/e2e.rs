@@ -397,7 +397,10 @@ fn a_replayed_copy_is_caught_even_after_a_restart() {
     let mut bad = data.clone();
     bad[0] ^= 1;
     std::fs::write(&path, &bad).unwrap();
-    assert!(ReplayGuard::load(&path).is_err(), "a file without the magic is refused");
+    assert!(
+        ReplayGuard::load(&path).is_err(),
+        "a file without the magic is refused"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

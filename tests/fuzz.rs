@@ -70,8 +70,27 @@ impl Rng {
 }
 
 const INTERESTING: &[&[u8]] = &[
-    b"\n", b"\n\n", b"\0", b"\xff", b" ", b"0", b"00", b"-1", b"18446744073709551615", b"99999999999999999999",
-    b"OK", b"OK ", b"error: ", b"Accept\n", b"Deny", b"$", b"=", b"\xc3", b"\xed\xa0\x80", b"\x7f", b"\x1b[2J",
+    b"\n",
+    b"\n\n",
+    b"\0",
+    b"\xff",
+    b" ",
+    b"0",
+    b"00",
+    b"-1",
+    b"18446744073709551615",
+    b"99999999999999999999",
+    b"OK",
+    b"OK ",
+    b"error: ",
+    b"Accept\n",
+    b"Deny",
+    b"$",
+    b"=",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"\x7f",
+    b"\x1b[2J",
 ];
 
 fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8], out: &mut Vec<u8>) {
@@ -156,7 +175,10 @@ fn vectors() -> PathBuf {
 }
 
 fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 fn targets() -> Vec<Target> {
@@ -172,12 +194,22 @@ fn targets() -> Vec<Target> {
     .iter()
     .map(|(t, sid, uid, p)| s.seal(*t, *sid, *uid, p).unwrap())
     .collect();
-    let (login_frame, _) = login::ClientLogin::start(&public, "alice", "correct horse", now_ns()).unwrap();
-    let login_payload = format!("{}\nalice\ncorrect horse\n{}\n{}", now_ns(), "ab".repeat(16), "cd".repeat(32));
+    let (login_frame, _) =
+        login::ClientLogin::start(&public, "alice", "correct horse", now_ns()).unwrap();
+    let login_payload = format!(
+        "{}\nalice\ncorrect horse\n{}\n{}",
+        now_ns(),
+        "ab".repeat(16),
+        "cd".repeat(32)
+    );
     let user_key = public.to_base64();
     let users_text = {
         let h = accounts::PasswordHash::with_salt("pw", 1000, &[1; 16]).unwrap();
-        format!("alice:00000000000000aa:{}\nbob:00000000000000bb:{}\n", h.to_phc(), h.to_phc())
+        format!(
+            "alice:00000000000000aa:{}\nbob:00000000000000bb:{}\n",
+            h.to_phc(),
+            h.to_phc()
+        )
     };
     let author = RsaPrivate::generate(2048).unwrap();
     let me = RsaPrivate::generate(2048).unwrap();
@@ -230,7 +262,10 @@ fn targets() -> Vec<Target> {
             name: "init-payload",
             weight: 10,
             max_alloc: 64 * 1024,
-            seeds: vec![format!("{user_key}\nbob\ncarol\n").into_bytes(), b"K\nb".to_vec()],
+            seeds: vec![
+                format!("{user_key}\nbob\ncarol\n").into_bytes(),
+                b"K\nb".to_vec(),
+            ],
             run: Box::new(|input| {
                 if let Ok(req) = session::parse_init(input, &session::Limits::default()) {
                     let _ = crypto::RsaPublic::from_base64(&req.key);
@@ -243,7 +278,8 @@ fn targets() -> Vec<Target> {
             max_alloc: 64 * 1024,
             seeds: vec![format!("Accept\n{user_key}").into_bytes(), b"Deny".to_vec()],
             run: Box::new(|input| {
-                if let Some(session::InviteAnswer::Accept(k)) = session::parse_invite_answer(input) {
+                if let Some(session::InviteAnswer::Accept(k)) = session::parse_invite_answer(input)
+                {
                     let _ = crypto::RsaPublic::from_base64(&k);
                 }
             }),
@@ -280,7 +316,10 @@ fn targets() -> Vec<Target> {
             name: "key-files",
             weight: 3,
             max_alloc: 64 * 1024,
-            seeds: vec![public.to_spki_pem().into_bytes(), user_key.clone().into_bytes()],
+            seeds: vec![
+                public.to_spki_pem().into_bytes(),
+                user_key.clone().into_bytes(),
+            ],
             run: Box::new(|input| {
                 if let Ok(text) = std::str::from_utf8(input) {
                     let _ = crypto::RsaPublic::from_spki_pem(text);
@@ -304,7 +343,11 @@ fn targets() -> Vec<Target> {
             name: "encoding",
             weight: 5,
             max_alloc: 64 * 1024,
-            seeds: vec![b"00000000000000ff".to_vec(), b"YWJj".to_vec(), b"12345".to_vec()],
+            seeds: vec![
+                b"00000000000000ff".to_vec(),
+                b"YWJj".to_vec(),
+                b"12345".to_vec(),
+            ],
             run: Box::new(|input| {
                 if let Ok(t) = std::str::from_utf8(input) {
                     let _ = encoding::parse_id(t);
@@ -331,15 +374,24 @@ fn run_case(t: &Target, input: &[u8]) -> Result<(), String> {
     let largest = LARGEST.with(|l| l.get());
     match result {
         Err(_) => Err("panicked".into()),
-        Ok(()) if largest > t.max_alloc => Err(format!("allocated {largest} bytes at once (bound {})", t.max_alloc)),
+        Ok(()) if largest > t.max_alloc => Err(format!(
+            "allocated {largest} bytes at once (bound {})",
+            t.max_alloc
+        )),
         Ok(()) => Ok(()),
     }
 }
 
 #[test]
 fn parsers_survive_mutated_inputs() {
-    let cases: usize = std::env::var("MPCHAT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let seed: u64 = std::env::var("MPCHAT_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6d70_6368_6174);
+    let cases: usize = std::env::var("MPCHAT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let seed: u64 = std::env::var("MPCHAT_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x6d70_6368_6174);
     let targets = targets();
     panic::set_hook(Box::new(|_| {}));
     let mut failures = Vec::new();
@@ -348,7 +400,12 @@ fn parsers_survive_mutated_inputs() {
     if let Ok(dir) = std::fs::read_dir(regressions_dir()) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(t) = targets.iter().find(|t| name.starts_with(&format!("{}-", t.name))) else { continue };
+            let Some(t) = targets
+                .iter()
+                .find(|t| name.starts_with(&format!("{}-", t.name)))
+            else {
+                continue;
+            };
             let input = std::fs::read(entry.path()).unwrap();
             if let Err(e) = run_case(t, &input) {
                 failures.push(format!("regression {name}: {e}"));
@@ -398,9 +455,21 @@ fn parsers_survive_mutated_inputs() {
     }
     let _ = panic::take_hook();
     let secs = started.elapsed().as_secs_f64();
-    let per: Vec<String> = targets.iter().zip(&counts).map(|(t, c)| format!("{} {c}", t.name)).collect();
-    println!("fuzz: {cases} cases in {secs:.1} s ({:.0}/s), seed {seed}: {}", cases as f64 / secs, per.join(", "));
-    assert!(failures.is_empty(), "fuzz failures:\n{}", failures.join("\n"));
+    let per: Vec<String> = targets
+        .iter()
+        .zip(&counts)
+        .map(|(t, c)| format!("{} {c}", t.name))
+        .collect();
+    println!(
+        "fuzz: {cases} cases in {secs:.1} s ({:.0}/s), seed {seed}: {}",
+        cases as f64 / secs,
+        per.join(", ")
+    );
+    assert!(
+        failures.is_empty(),
+        "fuzz failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    assert_back_to, closed_within, wait_for_log, fd_limit, key_line, raise_fd_limit, session, text, users, Client, Raw, Server,
-    WAIT,
+    assert_back_to, closed_within, fd_limit, key_line, raise_fd_limit, session, text, users,
+    wait_for_log, Client, Raw, Server, WAIT,
 };
 use mpchat::accounts::DEFAULT_ITERATIONS;
 use mpchat::crypto::RsaPublic;
@@ -97,7 +97,6 @@ fn assert_status_answered(raw: &mut Raw, who: &str) {
     );
 }
 
-
 /// Waits until at least `n` server log lines match `pred`.
 #[track_caller]
 fn wait_for_log_count(server: &Server, what: &str, n: usize, pred: impl Fn(&str) -> bool) {
@@ -115,7 +114,6 @@ fn wait_for_log_count(server: &Server, what: &str, n: usize, pred: impl Fn(&str)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-
 
 /// The server log holds none of `secrets` (passwords, message texts, key material).
 #[track_caller]
@@ -560,12 +558,21 @@ fn more_connections_than_the_map_count_allows_are_refused_not_fatal() {
     // A huge pre-login table leaves room for few logged-in connections under this
     // machine's vm.max_map_count, so the limit is reached in seconds rather than after
     // thousands of logins.
-    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap().trim().parse().unwrap();
+    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let prelogin = (max_maps.saturating_sub(4_000) / 4).max(1);
     let server = Server::start(&["--max-pending-logins", &prelogin.to_string()]);
     let capacity = mpchat::server::connection_capacity(max_maps, mappings(server.pid()), prelogin);
-    assert!(capacity < 1_000, "this test wants a small capacity, got {capacity}");
-    wait_for_log(&server, "about vm.max_map_count", |l| l.contains("vm.max_map_count"));
+    assert!(
+        capacity < 1_000,
+        "this test wants a small capacity, got {capacity}"
+    );
+    wait_for_log(&server, "about vm.max_map_count", |l| {
+        l.contains("vm.max_map_count")
+    });
     let names: Vec<String> = (0..capacity + 20).map(|i| format!("m{i}")).collect();
     server.add_users_at_once(&names, PW);
     let mut held = Vec::new();
@@ -576,8 +583,16 @@ fn more_connections_than_the_map_count_allows_are_refused_not_fatal() {
             None => refused += 1,
         }
     }
-    assert!(refused > 0, "every one of {} logins was served", names.len());
-    assert!(held.len() <= capacity + 1, "{} served over a capacity of {capacity}", held.len());
+    assert!(
+        refused > 0,
+        "every one of {} logins was served",
+        names.len()
+    );
+    assert!(
+        held.len() <= capacity + 1,
+        "{} served over a capacity of {capacity}",
+        held.len()
+    );
     let mut server = server;
     assert!(server.is_running(), "the server died: {}", server.log());
     drop(held.pop());

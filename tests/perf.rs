@@ -12,7 +12,10 @@ use mpchat::login::{ClientLogin, ExpectLoginReq, ReplayCache, DEFAULT_LOGIN_WIND
 use mpchat::mtp::{MsgType, Receiver, Sender};
 
 fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -39,7 +42,9 @@ fn frame_seal_and_open_rate_at_1_kib() {
     let seal = t.elapsed();
     // Open: 1,000 frames with consecutive numbers, opened by a fresh receiver per pass.
     let mut s = Sender::new(AeadKey::new([1; 32]), Direction::ClientToServer, 1);
-    let frames: Vec<Vec<u8>> = (0..1000).map(|_| s.seal(MsgType::MsgReq, 1, 2, &payload).unwrap()).collect();
+    let frames: Vec<Vec<u8>> = (0..1000)
+        .map(|_| s.seal(MsgType::MsgReq, 1, 2, &payload).unwrap())
+        .collect();
     let t = Instant::now();
     for _ in 0..n / frames.len() {
         let mut r = Receiver::new(AeadKey::new([1; 32]), Direction::ClientToServer, 0);
@@ -68,10 +73,13 @@ fn login_server_side_cost() {
         let rounds = if iterations > 100_000 { 10 } else { 200 };
         let (mut rsa, mut kdf, mut total) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            let (frame, _) = ClientLogin::start(&public, "alice", "correct horse", now_ns()).unwrap();
+            let (frame, _) =
+                ClientLogin::start(&public, "alice", "correct horse", now_ns()).unwrap();
             let t0 = Instant::now();
             let opened = ExpectLoginReq::open(&key, &frame).unwrap();
-            let check = opened.check_fresh(now_ns(), DEFAULT_LOGIN_WINDOW, &mut cache).unwrap();
+            let check = opened
+                .check_fresh(now_ns(), DEFAULT_LOGIN_WINDOW, &mut cache)
+                .unwrap();
             let t1 = Instant::now();
             assert!(hash.verify(check.password()));
             let t2 = Instant::now();
@@ -121,7 +129,10 @@ fn durable_messages_per_second_with_and_without_group_commit() {
         for n in &names {
             server.add_user(n, &format!("pw-{n}"));
         }
-        let mut raws: Vec<Raw> = names.iter().map(|n| Raw::login(&server, n, &format!("pw-{n}"))).collect();
+        let mut raws: Vec<Raw> = names
+            .iter()
+            .map(|n| Raw::login(&server, n, &format!("pw-{n}")))
+            .collect();
         let (first, rest) = raws.split_at_mut(1);
         let mut others: Vec<&mut Raw> = rest.iter_mut().collect();
         let sid = session(&mut first[0], &mut others);
@@ -152,7 +163,10 @@ fn durable_messages_per_second_with_and_without_group_commit() {
             })
             .collect();
         let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        println!("{label}: {senders} concurrent senders, {:.0} acknowledged messages/s", total as f64 / 5.0);
+        println!(
+            "{label}: {senders} concurrent senders, {:.0} acknowledged messages/s",
+            total as f64 / 5.0
+        );
     }
 }
 
@@ -169,7 +183,10 @@ fn rss_kib(pid: u32) -> u64 {
 #[ignore = "a measurement, run by hand"]
 fn server_rss_per_idle_logged_in_connection() {
     use common::{Raw, Server};
-    let n: usize = std::env::var("MPCHAT_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("MPCHAT_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let server = Server::start(&[]);
     server.add_user("idle", "pw-idle");
     // Warm up (first login allocates lazily initialised state), then measure.
@@ -181,11 +198,18 @@ fn server_rss_per_idle_logged_in_connection() {
     for name in &names {
         server.add_user(name, "pw");
     }
-    let conns: Vec<Raw> = names.iter().map(|name| Raw::login(&server, name, "pw")).collect();
+    let conns: Vec<Raw> = names
+        .iter()
+        .map(|name| Raw::login(&server, name, "pw"))
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(server.pid());
     if let Ok(script) = std::env::var("MPCHAT_SMAPS") {
-        let out = std::process::Command::new("python3").arg(script).arg(server.pid().to_string()).output().unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .arg(server.pid().to_string())
+            .output()
+            .unwrap();
         println!("{}", String::from_utf8_lossy(&out.stdout));
     }
     println!(

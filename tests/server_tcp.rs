@@ -193,7 +193,6 @@ fn login_once_a_slot_frees(server: &Server, user: &str) -> Raw {
     }
 }
 
-
 /// Waits for a warning naming `peer` (as the server saw it: our local address).
 #[track_caller]
 fn wait_for_warning_about(server: &Server, peer: SocketAddr) -> String {
@@ -202,8 +201,6 @@ fn wait_for_warning_about(server: &Server, peer: SocketAddr) -> String {
         l.contains("WARN") && l.contains(&tag)
     })
 }
-
-
 
 /// A server with a bystander and a victim account; returns the logged-in bystander.
 fn server_with_bystander(args: &[&str]) -> (Server, Raw) {

@@ -368,7 +368,9 @@ fn unsynced_batches_are_read_back_and_later_batches_follow_them() {
         })
         .collect();
     let lsn = r.last_lsn;
-    r.journal.append_unsynced(&numbered(&acks[..1], lsn + 1)).unwrap();
+    r.journal
+        .append_unsynced(&numbered(&acks[..1], lsn + 1))
+        .unwrap();
     r.journal.append(&numbered(&acks[1..], lsn + 2)).unwrap();
     assert_eq!(r.journal.last_lsn(), lsn + 2);
     drop(r);

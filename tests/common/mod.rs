@@ -26,8 +26,12 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let dir = std::env::temp_dir().join(format!("mpchat-test-{tag}-{}-{n}-{t}", std::process::id()));
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir =
+        std::env::temp_dir().join(format!("mpchat-test-{tag}-{}-{n}-{t}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -90,12 +94,29 @@ impl Server {
             .expect("start mpchatd");
         let log = Arc::new(Mutex::new(Vec::new()));
         let _stderr = pump(child.stderr.take().unwrap(), log.clone());
-        let stdout = pump(child.stdout.take().unwrap(), Arc::new(Mutex::new(Vec::new())));
-        let line = stdout.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!("mpchatd did not say where it listens; log: {:?}", log.lock().unwrap())
-        });
-        let addr = line.strip_prefix("listening on ").expect("listening line").parse().unwrap();
-        Server { child, addr, state: state.to_path_buf(), log }
+        let stdout = pump(
+            child.stdout.take().unwrap(),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let line = stdout
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "mpchatd did not say where it listens; log: {:?}",
+                    log.lock().unwrap()
+                )
+            });
+        let addr = line
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            addr,
+            state: state.to_path_buf(),
+            log,
+        }
     }
 
     /// Adds an account with a low iteration count; returns its uid.
@@ -155,7 +176,12 @@ pub fn users(server: &Server, names: &[&str]) -> Vec<User> {
             let uid = server.add_user(name, &password);
             let password_file = base.join(format!("{name}.pw"));
             std::fs::write(&password_file, format!("{password}\n")).unwrap();
-            User { name: name.to_string(), uid, password_file, config_dir: base.join(format!("cfg-{name}")) }
+            User {
+                name: name.to_string(),
+                uid,
+                password_file,
+                config_dir: base.join(format!("cfg-{name}")),
+            }
         })
         .collect();
     let chunks: Vec<Vec<PathBuf>> = {
@@ -282,7 +308,11 @@ impl Client {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit at end of input; transcript: {:#?}", self.name, self.transcript());
+                panic!(
+                    "{} did not exit at end of input; transcript: {:#?}",
+                    self.name,
+                    self.transcript()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -308,7 +338,10 @@ pub fn sid_of(line: &str) -> String {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// A protocol-level client built from the library, for frame-level tests.
@@ -324,23 +357,45 @@ impl Raw {
     /// Connects and logs in.
     pub fn login(server: &Server, user: &str, password: &str) -> Raw {
         let mut stream = TcpStream::connect(server.addr).unwrap();
-        let (frame, expect) = ClientLogin::start(&server.public_key(), user, password, now_ns()).unwrap();
+        let (frame, expect) =
+            ClientLogin::start(&server.public_key(), user, password, now_ns()).unwrap();
         stream.write_all(&frame).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let reply = mtp::read_frame(&mut stream).expect("login_res");
-        let Established { uid, sender, receiver } = expect.finish(&reply).unwrap();
-        Raw { name: user.to_string(), stream, sender, receiver, uid }
+        let Established {
+            uid,
+            sender,
+            receiver,
+        } = expect.finish(&reply).unwrap();
+        Raw {
+            name: user.to_string(),
+            stream,
+            sender,
+            receiver,
+            uid,
+        }
     }
 
     /// Connects and logs in; `None` if the server closes the connection instead.
     pub fn try_login(server: &Server, user: &str, password: &str) -> Option<Raw> {
         let mut stream = TcpStream::connect(server.addr).ok()?;
-        let (frame, expect) = ClientLogin::start(&server.public_key(), user, password, now_ns()).ok()?;
+        let (frame, expect) =
+            ClientLogin::start(&server.public_key(), user, password, now_ns()).ok()?;
         stream.write_all(&frame).ok()?;
         stream.set_read_timeout(Some(WAIT)).ok()?;
         let reply = mtp::read_frame(&mut stream).ok()?;
-        let Established { uid, sender, receiver } = expect.finish(&reply).ok()?;
-        Some(Raw { name: user.to_string(), stream, sender, receiver, uid })
+        let Established {
+            uid,
+            sender,
+            receiver,
+        } = expect.finish(&reply).ok()?;
+        Some(Raw {
+            name: user.to_string(),
+            stream,
+            sender,
+            receiver,
+            uid,
+        })
     }
 
     /// Seals and sends one frame with this user's uid in the header.
@@ -351,7 +406,10 @@ impl Raw {
 
     /// Like [`Raw::send`], but reports a broken connection instead of panicking.
     pub fn try_send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) -> std::io::Result<()> {
-        let frame = self.sender.seal(typ, sid, self.uid, payload).map_err(std::io::Error::other)?;
+        let frame = self
+            .sender
+            .seal(typ, sid, self.uid, payload)
+            .map_err(std::io::Error::other)?;
         self.stream.write_all(&frame)
     }
 
@@ -386,7 +444,12 @@ impl Raw {
             match self.stream.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return false
                 }
                 Err(_) => return true,
@@ -403,7 +466,14 @@ pub fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -430,12 +500,20 @@ pub fn text(p: &[u8]) -> String {
 /// `a` creates a session with `others`, who all accept; returns its sid.
 pub fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
     let names: Vec<String> = others.iter().map(|r| r.name.clone()).collect();
-    a.send(MsgType::InitReq, 0, format!("{}\n{}\n", key_line(), names.join("\n")).as_bytes());
+    a.send(
+        MsgType::InitReq,
+        0,
+        format!("{}\n{}\n", key_line(), names.join("\n")).as_bytes(),
+    );
     let mut sid = 0;
     for o in others.iter_mut() {
         let (h, _) = o.recv_type(MsgType::InviteReq);
         sid = h.sid;
-        o.send(MsgType::InviteRes, sid, format!("Accept\n{}", key_line()).as_bytes());
+        o.send(
+            MsgType::InviteRes,
+            sid,
+            format!("Accept\n{}", key_line()).as_bytes(),
+        );
     }
     let (h, p) = a.recv_type(MsgType::InitRes);
     assert_eq!(text(&p), "OK");
@@ -465,7 +543,9 @@ pub fn group(server: &Server, prefix: &str, n: usize) -> (Vec<Client>, Vec<Strin
     let last = format!("status {sid} {} ", names[n - 1]);
     for c in clients.iter_mut() {
         c.send(&format!("/status {sid}"));
-        c.expect_where("the last member accepted", |l| l.starts_with(&last) && l.contains(" accepted "));
+        c.expect_where("the last member accepted", |l| {
+            l.starts_with(&last) && l.contains(" accepted ")
+        });
     }
     (clients, names, sid)
 }
@@ -578,7 +658,11 @@ pub fn wait_for_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) ->
         if let Some(line) = server.log().lines().find(|l| pred(l)) {
             return line.to_string();
         }
-        assert!(Instant::now() < deadline, "no log line {what} within {WAIT:?}; log:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no log line {what} within {WAIT:?}; log:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
