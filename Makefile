@@ -1,7 +1,8 @@
 # mpchat: build, test, run and install.  GNU make.
 #
 #   make              release build of mpchatd and mpchat (cargo build --release --locked)
-#   make test         every cargo test, the man page lint, then make demo
+#   make test         cargo fmt --check and clippy, every cargo test, the man page
+#                     lint, then make demo
 #   make run          the server on 0.0.0.0:5150 with its state in ./state
 #   make demo         a scripted three-person chat on a free loopback port (debug build)
 #   make fuzz         the mutation fuzzer over every parser, 1,000,000 cases
@@ -47,12 +48,12 @@ MAN7 = man/mpchat-protocol.7
 MANBENCH = man/mpchat-bench.1
 UNIT = bin/mpchatd.service
 
-.PHONY: all test run demo fuzz perf bench install uninstall clean lint-man
+.PHONY: all test lint run demo fuzz perf bench install uninstall clean lint-man
 
 all:
 	$(CARGO) build --release --locked
 
-test:
+test: lint
 	$(CARGO) test --locked
 	@$(MAKE) --no-print-directory lint-man
 	@$(MAKE) --no-print-directory demo
@@ -88,6 +89,11 @@ bench:
 # Figures, never assertions: printed, for the README and the issue notes.
 perf:
 	$(CARGO) test --release --locked --test perf -- --ignored --nocapture --test-threads 1
+
+# Formatting and lints are part of the test: a tree that does not pass them does not land.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 lint-man:
 	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7) $(MANBENCH)

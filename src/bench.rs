@@ -3140,7 +3140,7 @@ fn describe_machine(o: &Options, busy: Option<f64>, r: &mut Report) {
     about("end-to-end key bits", o.key_bits.to_string());
 }
 
-fn envelope(b: &mut Bench) -> Result<(), BenchError> {
+fn envelope(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let recipients: Vec<(u64, &RsaPublic)> = (1..=10u64).map(|u| (u, &b.keys.public)).collect();
     let text = text_of(7);
     let text = std::str::from_utf8(&text).map_err(|_| fail("text_of is ASCII"))?;
@@ -3175,7 +3175,7 @@ fn envelope(b: &mut Bench) -> Result<(), BenchError> {
 }
 
 fn record_relay(
-    b: &mut Bench,
+    b: &mut Bench<'_>,
     section: &'static str,
     system: &str,
     size: usize,
@@ -3229,7 +3229,7 @@ fn record_relay(
     }
 }
 
-fn relay(b: &mut Bench) -> Result<(), BenchError> {
+fn relay(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let o = b.o;
     let prefix = o.account_prefix();
     let mut per_size: HashMap<usize, Vec<AccountSpec>> = HashMap::new();
@@ -3347,7 +3347,7 @@ fn relay(b: &mut Bench) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn login(b: &mut Bench) -> Result<(), BenchError> {
+fn login(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let o = b.o;
     let prefix = o.account_prefix();
     let clients = o.login_clients.max(1);
@@ -3469,7 +3469,7 @@ fn login(b: &mut Bench) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn record_memory(b: &mut Bench, system: &str, n: usize, fig: Result<MemoryFigure, BenchError>) {
+fn record_memory(b: &mut Bench<'_>, system: &str, n: usize, fig: Result<MemoryFigure, BenchError>) {
     match fig {
         Ok(f) => {
             let p = format!("connections={n}");
@@ -3505,7 +3505,7 @@ fn record_memory(b: &mut Bench, system: &str, n: usize, fig: Result<MemoryFigure
     }
 }
 
-fn memory(b: &mut Bench) -> Result<(), BenchError> {
+fn memory(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let o = b.o;
     let prefix = o.account_prefix();
     for &n in &o.idle_connections {
@@ -3565,7 +3565,7 @@ fn durability_param(senders: usize, window: u64) -> String {
     }
 }
 
-fn durability(b: &mut Bench) -> Result<(), BenchError> {
+fn durability(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let o = b.o;
     if o.target.is_some() {
         return Err(BenchError::Skip(

@@ -47,7 +47,7 @@ pub const REPLAY_CACHE_CAPACITY: usize = 200_000;
 /// Longest password, in bytes, a login request may carry. The same bound as the
 /// accounts module's, so no storable password is refused here; it also bounds the
 /// PBKDF2 input a stranger can make the server hash.
-pub const MAX_PASSWORD_LEN: usize = crate::accounts::MAX_PASSWORD_LEN;
+pub const MAX_PASSWORD_LEN: usize = accounts::MAX_PASSWORD_LEN;
 
 /// Length of the temporary key `tk`.
 pub const TK_LEN: usize = crypto::KEY_LEN;
