@@ -115,13 +115,14 @@ pub enum MtpError {
         /// The bytes actually present.
         actual: usize,
     },
-    /// `sqn` is not greater than the last accepted one: a replay, a reorder or a
-    /// deletion by someone on the path.
-    StaleSqn {
+    /// `sqn` is not the last accepted one plus 1: a replay or a reorder (lower or equal),
+    /// or frames deleted by someone on the path (higher). Headers travel in the clear, so
+    /// accepting a gap would let a proxy drop a request unnoticed.
+    UnexpectedSqn {
         /// The header's `sqn`.
         got: u16,
-        /// The last accepted `sqn` in this direction.
-        last: u16,
+        /// The only `sqn` the receiver accepts next.
+        expected: u16,
     },
     /// The mac did not verify: the frame was altered or sealed under another key.
     BadMac,
@@ -140,7 +141,9 @@ impl fmt::Display for MtpError {
             MtpError::LengthMismatch { declared, actual } => {
                 write!(f, "declared length {declared} but {actual} bytes")
             }
-            MtpError::StaleSqn { got, last } => write!(f, "sequence number {got} not above {last}"),
+            MtpError::UnexpectedSqn { got, expected } => {
+                write!(f, "sequence number {got} where {expected} was due")
+            }
             MtpError::BadMac => f.write_str("mac verification failed"),
             MtpError::PayloadTooLarge(n) => write!(f, "payload of {n} bytes does not fit a frame"),
             MtpError::Unexpected(what) => write!(f, "unexpected frame: {what}"),
@@ -407,15 +410,17 @@ impl Receiver {
         self.last_sqn
     }
 
-    /// Checks and opens one complete frame: length, version, type, `sqn` above the last
-    /// accepted one, then the mac. On success the frame's `sqn` becomes the last
+    /// Checks and opens one complete frame: length, version, type, `sqn` exactly the last
+    /// accepted one plus 1, then the mac. On success the frame's `sqn` becomes the last
     /// accepted one (and after `0xFFFF` the key is rekeyed and the count restarts).
     pub fn open(&mut self, frame: &[u8]) -> Result<(Header, Vec<u8>), MtpError> {
         let header = frame_header(frame)?;
-        if header.sqn <= self.last_sqn {
-            return Err(MtpError::StaleSqn {
+        // last_sqn is at most 0xFFFE here: after 0xFFFF it was reset to 0 with the rekey.
+        let expected = self.last_sqn + 1;
+        if header.sqn != expected {
+            return Err(MtpError::UnexpectedSqn {
                 got: header.sqn,
-                last: self.last_sqn,
+                expected,
             });
         }
         let payload = open_body(&self.key, self.dir, &header, &frame[HEADER_LEN..])?;
@@ -547,8 +552,39 @@ mod tests {
         let f2 = s.seal(MsgType::MsgReq, 5, 6, b"two").unwrap();
         assert_eq!(r.open(&f1).unwrap().1, b"one");
         assert_eq!(r.open(&f2).unwrap().1, b"two");
-        assert_eq!(r.open(&f1), Err(MtpError::StaleSqn { got: 2, last: 3 }));
-        assert_eq!(r.open(&f2), Err(MtpError::StaleSqn { got: 3, last: 3 }));
+        assert_eq!(
+            r.open(&f1),
+            Err(MtpError::UnexpectedSqn {
+                got: 2,
+                expected: 4
+            })
+        );
+        assert_eq!(
+            r.open(&f2),
+            Err(MtpError::UnexpectedSqn {
+                got: 3,
+                expected: 4
+            })
+        );
+    }
+
+    #[test]
+    fn receiver_rejects_a_gap_in_sequence_numbers() {
+        let (mut s, mut r) = pair(Direction::ServerToClient);
+        let f2 = s
+            .seal(MsgType::MsgReq, 5, 6, b"deleted on the path")
+            .unwrap();
+        let f3 = s.seal(MsgType::MsgReq, 5, 6, b"three").unwrap();
+        assert_eq!(
+            r.open(&f3),
+            Err(MtpError::UnexpectedSqn {
+                got: 3,
+                expected: 2
+            })
+        );
+        // A refused frame changes nothing: the missing one is still the one due.
+        assert_eq!(r.last_sqn(), 1);
+        assert_eq!(r.open(&f2).unwrap().1, b"deleted on the path");
     }
 
     #[test]
@@ -567,14 +603,6 @@ mod tests {
             .seal_into(MsgType::MsgReq, 5, 6, &[&big, b"x"], &mut out)
             .is_err());
         assert_eq!(out, before, "a refused frame leaves the buffer as it was");
-    }
-
-    #[test]
-    fn receiver_accepts_gaps() {
-        let (mut s, mut r) = pair(Direction::ServerToClient);
-        let _skipped = s.seal(MsgType::StatusRes, 0, 0, b"").unwrap();
-        let f = s.seal(MsgType::StatusRes, 0, 0, b"OK").unwrap();
-        assert_eq!(r.open(&f).unwrap().1, b"OK");
     }
 
     #[test]
@@ -634,8 +662,10 @@ mod tests {
             assert_eq!(r.open(&b).unwrap().1, b"b");
             assert_eq!(r.last_sqn(), 0);
             assert_eq!(r.open(&c).unwrap().1, b"c");
-            // The old key's frames no longer open, whatever their sqn.
-            assert_eq!(r.open(&b), Err(MtpError::BadMac));
+            // The old key's frames no longer open, even at the sqn that is due.
+            let mut old = Sender::new(AeadKey::new(before), dir, 2);
+            let stale = old.seal(MsgType::MsgReq, 1, 2, b"d").unwrap();
+            assert_eq!(r.open(&stale), Err(MtpError::BadMac));
         }
     }
 

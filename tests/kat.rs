@@ -512,7 +512,7 @@ fn matches_expect(expect: &str, e: &MtpError) -> bool {
         "version" => matches!(e, MtpError::BadVersion(_)),
         "type" => matches!(e, MtpError::UnknownType(_)),
         "length" => matches!(e, MtpError::TooShort(_) | MtpError::LengthMismatch { .. }),
-        "sqn" => matches!(e, MtpError::StaleSqn { .. }),
+        "sqn" => matches!(e, MtpError::UnexpectedSqn { .. }),
         "mac" => matches!(e, MtpError::BadMac),
         _ => false,
     }

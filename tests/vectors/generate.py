@@ -182,7 +182,8 @@ def open_frame(key, direction, last_sqn, frame):
     if length < MIN_FRAME or length != len(frame):
         raise Reject("length")
     sqn = int.from_bytes(h[6:8], "big")
-    if sqn <= last_sqn:
+    # Exactly the next sqn: lower or equal is a replay, higher means frames were deleted.
+    if sqn != last_sqn + 1:
         raise Reject("sqn")
     try:
         payload = open12(key, nonce(sqn, direction), h, frame[HEADER_LEN:-MAC_LEN],
@@ -814,7 +815,7 @@ bad header, so only the named check can catch them.""")
     reject("header_typ_bit_to_known_type", flip(3, 0x10), "mac")  # 0200 -> 0210
     reject("header_typ_bit_to_unknown_type", flip(3, 0x01), "type")  # 0200 -> 0201
     reject("header_len_bit", flip(5, 0x01), "length")
-    reject("header_sqn_bit_up", flip(7, 0x02), "mac")  # 5 -> 7
+    reject("header_sqn_bit_up", flip(7, 0x02), "sqn")  # 5 -> 7: a gap
     reject("header_sqn_bit_down", flip(7, 0x04), "sqn")  # 5 -> 1
     reject("header_sid_bit", flip(8, 0x80), "mac")
     reject("header_uid_bit", flip(23, 0x01), "mac")
@@ -853,6 +854,10 @@ bad header, so only the named check can catch them.""")
     reject("sqn_equal_to_last", good, "sqn", last_sqn=5, good_frame=at6)
     reject("sqn_below_last", good, "sqn", last_sqn=6,
            good_frame=seal_frame(k, d, typ, 7, sid, uid, payload))
+    at7 = seal_frame(k, d, typ, 7, sid, uid, payload)
+    reject("sqn_gap_one_frame_deleted", at7, "sqn", last_sqn=5, good_frame=at6)
+    reject("sqn_gap_after_rekey_reset", good, "sqn", last_sqn=0,
+           good_frame=seal_frame(k, d, typ, 1, sid, uid, payload))
     zero = seal_frame(k, d, typ, 0, sid, uid, payload)
     reject("sqn_zero_never_valid", zero, "sqn", last_sqn=0,
            good_frame=seal_frame(k, d, typ, 1, sid, uid, payload))
