@@ -85,7 +85,7 @@ fn run() -> Result<(), Failure> {
     let server = server.ok_or_else(|| missing("--server HOST[:PORT]"))?;
     let server_key_path = server_key.ok_or_else(|| missing("--server-key FILE"))?;
     let user = user.ok_or_else(|| missing("--user NAME"))?;
-    if !mpchat::accounts::valid_username(&user) {
+    if !mpchat::names::valid_username(&user) {
         return Err(Failure::Usage(format!(
             "mpchat: invalid user name {user:?}: use 1-32 characters of a-z 0-9 . _ -, starting with a letter or digit"
         )));

@@ -181,7 +181,7 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     let rt = |e: accounts::AdminError| Failure::Runtime(e.to_string());
     let password = || -> Result<String, Failure> {
         if password_stdin {
-            return accounts::read_password_line(io::stdin().lock()).map_err(|e| {
+            return cli::read_password_line(io::stdin().lock()).map_err(|e| {
                 Failure::Runtime(format!(
                     "cannot read the password from standard input: {e}; pipe it in as one line"
                 ))
@@ -206,7 +206,7 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
     match sub {
         "useradd" => {
             let name = &names[0];
-            if !accounts::valid_username(name) {
+            if !mpchat::names::valid_username(name) {
                 return Err(Failure::Usage(format!(
                     "{p}: invalid user name {name:?}: use 1-32 characters of a-z 0-9 . _ -, starting with a letter or digit"
                 )));

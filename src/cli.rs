@@ -1,18 +1,27 @@
 //! Small command-line helpers shared by the binaries: a strict option parser (no
 //! abbreviations, `--flag VALUE` or `--flag=VALUE`), typed values with messages that
-//! say what to do, and reading a password without echo.
+//! say what to do, and reading a password: from the terminal without echo, or one
+//! line from a pipe or file (`--password-stdin`, `--password-file`).
+//!
+//! It must never put a password in an error message, and never echo one.
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::time::Duration;
+
+use crate::login::MAX_PASSWORD_LEN;
 
 /// Exit status for a usage mistake.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status for a runtime failure.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// A command-line mistake; the message says what went wrong and what to do.
+/// A mistake in the command line: an unknown option, a missing or malformed value,
+/// the wrong number of arguments. The user who typed it is at fault (never the
+/// program, the system or a peer), and can fix it by reading the message: it names
+/// the program, says what is wrong and what to do (usually: see `--help`). The binary
+/// prints it as it is and exits with [`EXIT_USAGE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError(pub String);
 
@@ -164,14 +173,52 @@ pub fn prompt_password(prompt: &str) -> io::Result<String> {
     write!(out, "{prompt}")?;
     out.flush()?;
     stty("-echo")?;
-    let result = crate::accounts::read_password_line(io::BufReader::new(tty.try_clone()?));
+    let result = read_password_line(io::BufReader::new(tty.try_clone()?));
     let _ = stty("echo");
     let _ = writeln!(out);
     result
 }
 
+/// Reads a password for `--password-stdin`: one line, without its `\n` or `\r\n`. A
+/// last line without a newline is fine; an empty password, one over
+/// [`MAX_PASSWORD_LEN`] bytes or one that is not UTF-8 is an error (whose message never
+/// contains the password).
+pub fn read_password_line<R: BufRead>(reader: R) -> io::Result<String> {
+    let mut line = Vec::new();
+    // Two bytes of slack for the line ending.
+    reader
+        .take(MAX_PASSWORD_LEN as u64 + 2)
+        .read_until(b'\n', &mut line)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    if line.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty password on standard input",
+        ));
+    }
+    if line.len() > MAX_PASSWORD_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("password on standard input is longer than {MAX_PASSWORD_LEN} bytes"),
+        ));
+    }
+    String::from_utf8(line).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "password on standard input is not UTF-8",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     fn args(v: &[&str]) -> Vec<OsString> {
@@ -216,5 +263,35 @@ mod tests {
             .unwrap_err()
             .0
             .contains("takes no value"));
+    }
+
+    #[test]
+    fn read_password_line_strips_the_line_ending_only() {
+        let read = |s: &[u8]| read_password_line(Cursor::new(s.to_vec()));
+        assert_eq!(read(b"secret\n").unwrap(), "secret");
+        assert_eq!(read(b"secret\r\n").unwrap(), "secret");
+        assert_eq!(read(b"secret").unwrap(), "secret");
+        assert_eq!(read(b" two words \nnext line\n").unwrap(), " two words ");
+        assert_eq!(read(b"a\r\r\n").unwrap(), "a\r");
+        assert!(read(b"").is_err());
+        assert!(read(b"\n").is_err());
+        assert!(read(b"\r\n").is_err());
+        assert!(read(b"\xff\xfe\n").is_err());
+        let max = "x".repeat(MAX_PASSWORD_LEN);
+        assert_eq!(read(format!("{max}\r\n").as_bytes()).unwrap(), max);
+        assert_eq!(read(max.as_bytes()).unwrap(), max);
+        let err = read(format!("{max}x\n").as_bytes()).unwrap_err();
+        assert!(
+            !err.to_string().contains("xxxx"),
+            "no password in errors: {err}"
+        );
+        assert!(read(format!("{max}xyz").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn read_password_line_leaves_the_rest_of_the_input() {
+        let mut input = Cursor::new(b"first\nsecond\n".to_vec());
+        assert_eq!(read_password_line(&mut input).unwrap(), "first");
+        assert_eq!(read_password_line(&mut input).unwrap(), "second");
     }
 }

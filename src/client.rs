@@ -1050,7 +1050,7 @@ pub fn read_password_file(path: &Path) -> Result<String, ClientError> {
             path.display()
         ))
     })?;
-    crate::accounts::read_password_line(io::BufReader::new(f)).map_err(|e| {
+    crate::cli::read_password_line(io::BufReader::new(f)).map_err(|e| {
         ClientError(format!(
             "cannot read a password from {}: {e}",
             path.display()

@@ -7,7 +7,9 @@
 //!   opening with per-direction sequence numbers and the rekey after `0xFFFF`.
 //! - [`login`]: the login handshake as client and server state machines, with no
 //!   sockets and no clock (`now` is an argument).
-//! - [`accounts`]: the `users` file (PHC lines) and password checking.
+//! - [`names`]: the username rule, shared by the protocol, the client and the server.
+//! - [`accounts`]: the server's `users` file (PHC lines), password checking, the PBKDF2
+//!   gate and the administration commands.
 //!
 //! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
 //! (`mpchat`) is netcat-style. `bin/` holds only argument parsing, logging set-up and
@@ -24,6 +26,7 @@ pub mod encoding;
 pub mod fsutil;
 pub mod login;
 pub mod mtp;
+pub mod names;
 pub mod outbox;
 pub mod pins;
 pub mod registry;

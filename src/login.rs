@@ -20,7 +20,6 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-use crate::accounts;
 use crate::crypto::zeroize::Zeroizing;
 use crate::crypto::{
     self, AeadKey, CryptoError, Direction, RsaPrivate, RsaPublic, X25519Secret, HASH_LEN,
@@ -28,6 +27,7 @@ use crate::crypto::{
 };
 use crate::encoding;
 use crate::mtp::{self, Header, MsgType, MtpError, Receiver, Sender, ETK_LEN, HEADER_LEN};
+use crate::names::{self, MAX_USERNAME_LEN};
 
 /// How far a login request's timestamp may be from the server's clock, either way,
 /// unless the server is configured otherwise. The design's default.
@@ -44,10 +44,11 @@ pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(30);
 /// evicting an unexpired entry would let its request be replayed.
 pub const REPLAY_CACHE_CAPACITY: usize = 200_000;
 
-/// Longest password, in bytes, a login request may carry. The same bound as the
-/// accounts module's, so no storable password is refused here; it also bounds the
-/// PBKDF2 input a stranger can make the server hash.
-pub const MAX_PASSWORD_LEN: usize = accounts::MAX_PASSWORD_LEN;
+/// Longest password, in bytes, a login request may carry, and so the longest the
+/// accounts store or `--password-stdin` reads. Far beyond any real password; it bounds
+/// the PBKDF2 input a stranger can make the server hash, and keeps a runaway pipe from
+/// filling memory.
+pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// Length of the temporary key `tk`.
 pub const TK_LEN: usize = crypto::KEY_LEN;
@@ -61,7 +62,7 @@ const MAX_TIMESTAMP_DIGITS: usize = 20;
 /// Longest valid login request payload: the five fields at their longest and four
 /// separators. Longer requests are refused before the RSA decryption is spent on them.
 pub const MAX_LOGIN_REQ_PAYLOAD_LEN: usize = MAX_TIMESTAMP_DIGITS
-    + accounts::MAX_USERNAME_LEN
+    + MAX_USERNAME_LEN
     + MAX_PASSWORD_LEN
     + 2 * RANDOM_LEN
     + 2 * X25519_LEN
@@ -256,7 +257,7 @@ impl ClientLogin {
         password: &str,
         now_ns: u64,
     ) -> Result<(Vec<u8>, ExpectLoginRes), LoginError> {
-        if !accounts::valid_username(username) {
+        if !names::valid_username(username) {
             return Err(LoginError::InvalidInput("invalid username"));
         }
         if !valid_password(password) {
@@ -457,7 +458,7 @@ impl OpenedLogin {
         let timestamp_ns = encoding::parse_decimal(timestamp).ok_or(LoginError::Malformed(
             "timestamp is not a plain decimal number",
         ))?;
-        if !accounts::valid_username(username) {
+        if !names::valid_username(username) {
             return Err(LoginError::Malformed("invalid username"));
         }
         if !valid_password(password) {
@@ -717,7 +718,7 @@ mod tests {
         let longest = format!(
             "{}\n{}\n{}\n{}\n{}",
             u64::MAX,
-            "a".repeat(accounts::MAX_USERNAME_LEN),
+            "a".repeat(MAX_USERNAME_LEN),
             "p".repeat(MAX_PASSWORD_LEN),
             "00".repeat(16),
             "00".repeat(32)

@@ -27,9 +27,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::accounts;
 use crate::crypto::{self, CryptoError, KeyFileError, RsaPrivate, RsaPublic};
 use crate::fsutil;
+use crate::names;
 
 /// The user's private key in the config directory.
 pub const KEY_FILE: &str = "key.pem";
@@ -338,7 +338,7 @@ impl KnownKeys {
             let Some((name, key)) = line.split_once(' ') else {
                 return Err(syntax(n, "expected `<username> <base64 public key>`"));
             };
-            if !accounts::valid_username(name) {
+            if !names::valid_username(name) {
                 return Err(syntax(n, "invalid username"));
             }
             let key = RsaPublic::from_base64(key)
@@ -382,7 +382,7 @@ impl KnownKeys {
     /// Compares `key` with the pin for `name`. A first key is pinned and saved at once
     /// (trust on first use); a different key is reported and not pinned.
     pub fn check(&mut self, name: &str, key: &RsaPublic) -> Result<PinStatus, PinError> {
-        if !accounts::valid_username(name) {
+        if !names::valid_username(name) {
             return Err(PinError::InvalidName);
         }
         match self.pins.get(name) {
@@ -406,7 +406,7 @@ impl KnownKeys {
     /// Pins `key` for `name`, replacing any earlier pin (the user's explicit `/trust`),
     /// and saves. On a save failure the earlier pin stays in force.
     pub fn trust(&mut self, name: &str, key: &RsaPublic) -> Result<(), PinError> {
-        if !accounts::valid_username(name) {
+        if !names::valid_username(name) {
             return Err(PinError::InvalidName);
         }
         let old = self.pins.insert(name.to_owned(), key.clone());

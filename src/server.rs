@@ -1064,7 +1064,7 @@ fn init(
         let accounts = shared.users.current();
         let mut invitees = Vec::with_capacity(req.invitees.len());
         for invitee in &req.invitees {
-            if !crate::accounts::valid_username(invitee) {
+            if !crate::names::valid_username(invitee) {
                 return Err(Refusal("invalid user name in invitee list".into()));
             }
             let account = accounts

@@ -133,7 +133,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::accounts::MAX_USERNAME_LEN;
+use crate::names::MAX_USERNAME_LEN;
 use crate::session::{
     Answer, Limits, Participant, Record, Session, Sessions, Stored, MAX_ENVELOPE_LEN,
     MAX_KEY_TEXT_LEN,

@@ -2,7 +2,6 @@
 //! password checks and the PBKDF2 gate.
 
 use std::fs;
-use std::io::Cursor;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +11,7 @@ use std::time::Duration;
 
 use mpchat::accounts::*;
 use mpchat::fsutil;
+use mpchat::login::MAX_PASSWORD_LEN;
 
 /// Low iteration count so the tests stay fast.
 const IT: u32 = 1_000;
@@ -791,34 +791,4 @@ fn a_gate_has_at_least_one_permit() {
     let g = PasswordGate::with_permits(0);
     drop(g.acquire());
     drop(g.acquire());
-}
-
-#[test]
-fn read_password_line_strips_the_line_ending_only() {
-    let read = |s: &[u8]| read_password_line(Cursor::new(s.to_vec()));
-    assert_eq!(read(b"secret\n").unwrap(), "secret");
-    assert_eq!(read(b"secret\r\n").unwrap(), "secret");
-    assert_eq!(read(b"secret").unwrap(), "secret");
-    assert_eq!(read(b" two words \nnext line\n").unwrap(), " two words ");
-    assert_eq!(read(b"a\r\r\n").unwrap(), "a\r");
-    assert!(read(b"").is_err());
-    assert!(read(b"\n").is_err());
-    assert!(read(b"\r\n").is_err());
-    assert!(read(b"\xff\xfe\n").is_err());
-    let max = "x".repeat(MAX_PASSWORD_LEN);
-    assert_eq!(read(format!("{max}\r\n").as_bytes()).unwrap(), max);
-    assert_eq!(read(max.as_bytes()).unwrap(), max);
-    let err = read(format!("{max}x\n").as_bytes()).unwrap_err();
-    assert!(
-        !err.to_string().contains("xxxx"),
-        "no password in errors: {err}"
-    );
-    assert!(read(format!("{max}xyz").as_bytes()).is_err());
-}
-
-#[test]
-fn read_password_line_leaves_the_rest_of_the_input() {
-    let mut input = Cursor::new(b"first\nsecond\n".to_vec());
-    assert_eq!(read_password_line(&mut input).unwrap(), "first");
-    assert_eq!(read_password_line(&mut input).unwrap(), "second");
 }

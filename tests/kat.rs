@@ -632,7 +632,7 @@ fn login_payload_vectors_document_the_text_layout_and_request_hash() {
             format!("timestamp `{timestamp}` is not strict decimal")
         })?;
         let username = b.get("username")?;
-        ensure(mpchat::accounts::valid_username(username), || {
+        ensure(mpchat::names::valid_username(username), || {
             format!("username `{username}` is not a valid username")
         })?;
         let built = format!(
