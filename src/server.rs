@@ -849,7 +849,7 @@ fn login(
     let Some(uid) = uid else {
         shared.warnings.warn(format_args!(
             "{peer}: failed login for user {}",
-            check.username()
+            crate::names::shown(check.username())
         ));
         return None;
     };

@@ -432,9 +432,19 @@ fn a_failed_login_does_the_pbkdf2_work_whether_or_not_the_user_exists() {
     let unknown_work = pbkdf2_iterations_run() - before;
     assert_eq!(
         unknown_work,
-        u64::from(DEFAULT_ITERATIONS),
-        "unknown user: a dummy hash at the default count"
+        u64::from(IT),
+        "unknown user: a dummy hash at the count most accounts use"
     );
+
+    for invalid in ["Alice", "", "a b", "\u{1b}[2J", &"a".repeat(33)] {
+        let before = pbkdf2_iterations_run();
+        assert_eq!(accounts.check_password(invalid, "right"), None);
+        assert_eq!(
+            pbkdf2_iterations_run() - before,
+            u64::from(IT),
+            "invalid name {invalid:?}: the same dummy hash as an unknown one"
+        );
+    }
 
     let before = pbkdf2_iterations_run();
     assert_eq!(accounts.check_password("alice", "wrong"), None);
@@ -447,6 +457,72 @@ fn a_failed_login_does_the_pbkdf2_work_whether_or_not_the_user_exists() {
     let before = pbkdf2_iterations_run();
     assert_eq!(accounts.check_password("alice", "right"), Some(7));
     assert_eq!(pbkdf2_iterations_run() - before, u64::from(IT));
+}
+
+#[test]
+fn with_no_accounts_a_failed_login_costs_the_default_iteration_count() {
+    let accounts = Accounts::new();
+    assert_eq!(accounts.dummy_iterations(), DEFAULT_ITERATIONS);
+    let before = pbkdf2_iterations_run();
+    assert_eq!(accounts.check_password("nobody", "pw"), None);
+    assert_eq!(
+        pbkdf2_iterations_run() - before,
+        u64::from(DEFAULT_ITERATIONS)
+    );
+}
+
+fn account(name: &str, uid: u64, iterations: u32) -> Account {
+    Account {
+        name: name.into(),
+        uid,
+        hash: PasswordHash::with_salt("pw", iterations, &salt_0_to_15()).unwrap(),
+    }
+}
+
+#[test]
+fn the_dummy_hash_uses_the_iteration_count_most_accounts_use() {
+    let mut accounts = Accounts::new();
+    let steps: [(&str, u32, u32); 5] = [
+        ("a", 10, 10),
+        // A tie goes to the larger count, whatever the order the accounts came in.
+        ("b", 20, 20),
+        ("c", 10, 10),
+        ("d", 30, 10),
+        ("e", 30, 30),
+    ];
+    for (i, (name, iterations, want)) in steps.into_iter().enumerate() {
+        accounts
+            .insert(account(name, i as u64 + 1, iterations))
+            .unwrap();
+        assert_eq!(accounts.dummy_iterations(), want, "after adding {name}");
+    }
+    // Read back from the file (in name order), the count is the same.
+    let text = accounts.to_text();
+    assert_eq!(parse_users(&text).unwrap().dummy_iterations(), 30);
+    let mut reversed = Accounts::new();
+    for a in accounts.iter().collect::<Vec<_>>().into_iter().rev() {
+        reversed.insert(a.clone()).unwrap();
+    }
+    assert_eq!(reversed.dummy_iterations(), 30);
+    assert_eq!(reversed, accounts);
+}
+
+#[test]
+fn the_dummy_iteration_count_follows_the_users_file_as_it_changes() {
+    let dir = TempDir::new("dummy");
+    let users = UsersFile::open(dir.path()).unwrap();
+    assert_eq!(users.current().dummy_iterations(), DEFAULT_ITERATIONS);
+    for (name, iterations) in [("a", 3), ("b", 3), ("c", 5)] {
+        add_user(dir.path(), name, "pw", iterations).unwrap();
+    }
+    assert_eq!(users.current().dummy_iterations(), 3);
+    remove_user(dir.path(), "a").unwrap();
+    assert_eq!(users.current().dummy_iterations(), 5, "a tie: the larger");
+    set_password(dir.path(), "c", "pw", 7).unwrap();
+    assert_eq!(users.current().dummy_iterations(), 7);
+    remove_user(dir.path(), "b").unwrap();
+    remove_user(dir.path(), "c").unwrap();
+    assert_eq!(users.current().dummy_iterations(), DEFAULT_ITERATIONS);
 }
 
 #[test]

@@ -24,7 +24,8 @@ use crate::encoding;
 use crate::login::MAX_PASSWORD_LEN;
 
 /// PBKDF2 iterations for new hashes (OWASP's 2023 figure for PBKDF2-HMAC-SHA-256), and
-/// the work an unknown user's login costs.
+/// the work an unknown user's login costs while there are no accounts (otherwise it
+/// costs the count most accounts use: [`super::Accounts::dummy_iterations`]).
 pub const DEFAULT_ITERATIONS: u32 = 600_000;
 /// Fewest iterations accepted: PBKDF2's own minimum. Low counts are allowed so tests
 /// and very slow boards can choose them; choosing is the administrator's business.
@@ -47,8 +48,9 @@ const PHC_ID: &str = "pbkdf2-sha256";
 const HASH_B64_LEN: usize = 43;
 /// Length of the unpadded base64 of [`MAX_SALT_LEN`] bytes.
 const MAX_SALT_B64_LEN: usize = (MAX_SALT_LEN * 4).div_ceil(3);
-/// The salt of the dummy hash an unknown user's password is checked against. It need
-/// not be secret: the dummy only exists to cost the same work.
+/// The salt of the dummy hash an unknown or invalid name's password is checked
+/// against, 16 bytes like the salts we make. It need not be secret: the dummy only
+/// exists to cost the same work.
 const DUMMY_SALT: [u8; SALT_LEN] = [0; SALT_LEN];
 
 thread_local! {
@@ -59,8 +61,8 @@ thread_local! {
 /// How many PBKDF2 iterations the calling thread has run through this module so far.
 ///
 /// It exists so tests can confirm that a failed login really did the work (an unknown
-/// user costs [`DEFAULT_ITERATIONS`], a known one its own count) without timing
-/// anything. Per thread, so concurrent tests do not disturb each other.
+/// user costs [`super::Accounts::dummy_iterations`], a known one its own count)
+/// without timing anything. Per thread, so concurrent tests do not disturb each other.
 pub fn pbkdf2_iterations_run() -> u64 {
     PBKDF2_ITERATIONS_RUN.with(Cell::get)
 }
