@@ -17,7 +17,6 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod crypto;

@@ -1,14 +1,53 @@
-//! `mpchat-bench`: relay, login, memory and durability figures for `mpchatd` against
-//! ngIRCd and a minimal plaintext relay, in one run. Argument parsing, the printed
-//! table and exit codes only; the measurements are in `mpchat::bench`.
+//! `mpchat-bench`: relay, login, memory and durability figures for `mpchatd`, with
+//! ngIRCd and a minimal plaintext relay measured in the same invocation as baselines.
+//!
+//! Why it exists: whoever chooses between mpchat and an IRC server for a small VPS
+//! needs numbers measured the same way on the same machine, and the project needs a
+//! floor (the plaintext relay: the same thread-per-connection, `mpsc` fan-out design
+//! with no cryptography and no storage) to see what its encryption and durability cost.
+//!
+//! Every server under test is a separate process on loopback, started with a
+//! temporary directory and killed when its guard drops; clients talk to it only over
+//! its real protocol (for mpchat: the library's public `login`, `mtp` and `e2e`
+//! modules, envelopes built before timing). Clients connect one at a time, every
+//! wait has a deadline and every load loop is bounded in messages and in time.
+//! Server CPU and memory are read from `/proc`.
+//!
+//! The benchmark is a binary with its own modules, outside the library, and uses only
+//! the library's public API:
+//! - `main.rs` (this file): argument parsing, the printed table, exit codes;
+//! - [`run`]: the sections and their options; [`report`]: the results, JSON, tables;
+//! - [`workload`]: the workloads written once over the [`workload::System`] trait,
+//!   which [`mpchatd`], [`ngircd`] and [`plain`] (the plaintext relay) implement;
+//!   [`relay`]: the timed relay runs;
+//! - [`net`]: client sockets and framing; [`process`]: the servers as child
+//!   processes; [`proc`]: `/proc`; [`stats`]: medians and percentiles (shared with
+//!   tests/perf.rs); [`error`].
+//!
+//! The benchmark must never assert a timing (figures are reported, not judged), never
+//! print a password, key or message text, and never listen anywhere but loopback.
+
+mod error;
+mod mpchatd;
+mod net;
+mod ngircd;
+mod plain;
+mod proc;
+mod process;
+mod relay;
+mod report;
+mod run;
+mod stats;
+mod workload;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mpchat::bench::{self, Options};
 use mpchat::cli::{self, Arg, UsageError, EXIT_FAILURE, EXIT_USAGE};
+
+use crate::run::Options;
 
 const USAGE: &str = "\
 usage: mpchat-bench [--quick] [--runs N] [--json FILE] [--mpchatd PATH]
@@ -210,7 +249,7 @@ fn run() -> Result<ExitCode, Failure> {
                     "{p}: --target must be a loopback address (127.0.0.1 or ::1): the bench's load stays on this machine"
                 )));
             }
-            o.target = Some(bench::Target { addr, state_dir: PathBuf::from(dir) });
+            o.target = Some(mpchatd::Target { addr, state_dir: PathBuf::from(dir) });
         }
         _ => {
             return Err(Failure::Usage(format!(
@@ -220,8 +259,8 @@ fn run() -> Result<ExitCode, Failure> {
     }
     let json = opt("--json").map(PathBuf::from);
 
-    let report = bench::run(&o, &mut io::stderr()).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let table = bench::render(&report, &o);
+    let report = run::run(&o, &mut io::stderr()).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let table = report::render(&report, &o);
     print!("{table}");
     let _ = io::stdout().flush();
     if let Some(path) = json {
@@ -264,6 +303,6 @@ fn serve_plain(addr: &str) -> Result<ExitCode, Failure> {
             }
         }
     });
-    bench::serve_plain_relay(listener).map_err(|e| Failure::Runtime(e.to_string()))?;
+    plain::serve_plain_relay(listener).map_err(|e| Failure::Runtime(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
