@@ -1,6 +1,7 @@
 # mpchat: build, test, run and install.  GNU make.
 #
-#   make              release build of mpchatd and mpchat (cargo build --release --locked)
+#   make              release build of mpchatd, mpchat and mpchat-bench
+#                     (cargo build --release --locked)
 #   make test         cargo fmt --check and clippy, every cargo test, the man page
 #                     lint, then make demo
 #   make run          the server on 0.0.0.0:5150 with its state in ./state
@@ -13,7 +14,8 @@
 #   make uninstall    remove what install copied
 #
 # mpchatd goes to SBINDIR, like sshd: it is a daemon and an administrator's tool
-# (mpchatd useradd), not something users run.  mpchat goes to BINDIR.  The systemd
+# (mpchatd useradd), not something users run.  mpchat and mpchat-bench go to BINDIR
+# (mpchat-bench finds the installed mpchatd in ../sbin beside it).  The systemd
 # unit goes to SYSTEMDDIR, by default $(PREFIX)/lib/systemd/system, which systemd
 # reads for PREFIX=/usr/local and PREFIX=/usr alike; its ExecStart= is given the
 # installed path of mpchatd (SBINDIR, without DESTDIR).
@@ -99,7 +101,7 @@ lint-man:
 	@sh tests/man_lint.sh $(MAN8) $(MAN1) $(MAN7) $(MANBENCH)
 
 install:
-	@for f in '$(RELEASE_DIR)/mpchatd' '$(RELEASE_DIR)/mpchat'; do \
+	@for f in '$(RELEASE_DIR)/mpchatd' '$(RELEASE_DIR)/mpchat' '$(RELEASE_DIR)/mpchat-bench'; do \
 		if [ ! -x "$$f" ]; then \
 			echo "make install: $$f is missing: run make first (as yourself, not as root), then make install" >&2; \
 			exit 1; \
@@ -110,8 +112,10 @@ install:
 	$(INSTALL) -d -m 755 '$(DESTDIR)$(SYSTEMDDIR)'
 	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchatd' '$(DESTDIR)$(SBINDIR)/mpchatd'
 	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchat' '$(DESTDIR)$(BINDIR)/mpchat'
+	$(INSTALL) -m 755 '$(RELEASE_DIR)/mpchat-bench' '$(DESTDIR)$(BINDIR)/mpchat-bench'
 	$(INSTALL) -m 644 $(MAN8) '$(DESTDIR)$(MANDIR)/man8/mpchatd.8'
 	$(INSTALL) -m 644 $(MAN1) '$(DESTDIR)$(MANDIR)/man1/mpchat.1'
+	$(INSTALL) -m 644 $(MANBENCH) '$(DESTDIR)$(MANDIR)/man1/mpchat-bench.1'
 	$(INSTALL) -m 644 $(MAN7) '$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
 	@echo "sed 's|@SBINDIR@|$(SBINDIR)|g' $(UNIT) | install -m 644 to $(DESTDIR)$(SYSTEMDDIR)/mpchatd.service"
 	@tmp=$$(mktemp) && \
@@ -120,9 +124,10 @@ install:
 	status=$$?; rm -f "$$tmp"; exit $$status
 
 uninstall:
-	rm -f '$(DESTDIR)$(SBINDIR)/mpchatd' '$(DESTDIR)$(BINDIR)/mpchat'
+	rm -f '$(DESTDIR)$(SBINDIR)/mpchatd' '$(DESTDIR)$(BINDIR)/mpchat' \
+		'$(DESTDIR)$(BINDIR)/mpchat-bench'
 	rm -f '$(DESTDIR)$(MANDIR)/man8/mpchatd.8' '$(DESTDIR)$(MANDIR)/man1/mpchat.1' \
-		'$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
+		'$(DESTDIR)$(MANDIR)/man1/mpchat-bench.1' '$(DESTDIR)$(MANDIR)/man7/mpchat-protocol.7'
 	rm -f '$(DESTDIR)$(SYSTEMDDIR)/mpchatd.service'
 
 # Leaves ./state alone: it holds the accounts and the server key of `make run`.

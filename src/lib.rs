@@ -12,8 +12,9 @@
 //!   gate and the administration commands.
 //!
 //! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
-//! (`mpchat`) is netcat-style. `bin/` holds only argument parsing, logging set-up and
-//! exit codes.
+//! (`mpchat`) is netcat-style. `bin/mpchatd.rs` and `bin/mpchat.rs` hold only
+//! argument parsing, logging set-up and exit codes; `bin/mpchat-bench/` is the
+//! benchmark, a binary with its own modules that uses only this crate's public API.
 #![forbid(unsafe_code)]
 
 pub mod accounts;

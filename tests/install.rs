@@ -122,8 +122,10 @@ impl Layout {
         BTreeMap::from([
             (format!("{}/mpchatd", t(self.sbindir)), 0o755),
             (format!("{}/mpchat", t(self.bindir)), 0o755),
+            (format!("{}/mpchat-bench", t(self.bindir)), 0o755),
             (format!("{}/man8/mpchatd.8", t(self.mandir)), 0o644),
             (format!("{}/man1/mpchat.1", t(self.mandir)), 0o644),
+            (format!("{}/man1/mpchat-bench.1", t(self.mandir)), 0o644),
             (format!("{}/man7/mpchat-protocol.7", t(self.mandir)), 0o644),
             (format!("{}/mpchatd.service", t(self.systemddir)), 0o644),
         ])
@@ -150,8 +152,16 @@ impl Layout {
         };
         same(at(self.sbindir, "mpchatd"), built_dir().join("mpchatd"));
         same(at(self.bindir, "mpchat"), built_dir().join("mpchat"));
+        same(
+            at(self.bindir, "mpchat-bench"),
+            built_dir().join("mpchat-bench"),
+        );
         same(at(self.mandir, "man8/mpchatd.8"), src.join("man/mpchatd.8"));
         same(at(self.mandir, "man1/mpchat.1"), src.join("man/mpchat.1"));
+        same(
+            at(self.mandir, "man1/mpchat-bench.1"),
+            src.join("man/mpchat-bench.1"),
+        );
         same(
             at(self.mandir, "man7/mpchat-protocol.7"),
             src.join("man/mpchat-protocol.7"),
@@ -201,14 +211,16 @@ impl Layout {
         );
 
         // The installed binaries run.
-        let v = Command::new(at(self.sbindir, "mpchatd"))
-            .arg("--version")
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&v.stdout).trim(),
-            format!("mpchatd {}", env!("CARGO_PKG_VERSION"))
-        );
+        for (dir, name) in [(self.sbindir, "mpchatd"), (self.bindir, "mpchat-bench")] {
+            let v = Command::new(at(dir, name))
+                .arg("--version")
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&v.stdout).trim(),
+                format!("{name} {}", env!("CARGO_PKG_VERSION"))
+            );
+        }
     }
 }
 
@@ -282,7 +294,7 @@ fn install_and_uninstall_honour_prefix_and_each_directory_variable() {
         "files left after make uninstall"
     );
 
-    // BINDIR on its own moves only mpchat.
+    // BINDIR on its own moves only mpchat and mpchat-bench.
     let mut install = vec![
         "install".to_string(),
         built(),

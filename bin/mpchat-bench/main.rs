@@ -42,7 +42,7 @@ mod workload;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use mpchat::cli::{self, Arg, UsageError, EXIT_FAILURE, EXIT_USAGE};
@@ -160,7 +160,7 @@ fn run() -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::Runtime(format!("cannot find my own path: {e}")))?;
     let mpchatd = match opt("--mpchatd") {
         Some(path) => PathBuf::from(path),
-        None => self_exe.with_file_name("mpchatd"),
+        None => default_mpchatd(&self_exe),
     };
     if !mpchatd.is_file() {
         return Err(Failure::Runtime(format!(
@@ -272,6 +272,21 @@ fn run() -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(EXIT_FAILURE)
     })
+}
+
+/// The mpchatd to measure when `--mpchatd` is not given: the one beside this binary
+/// (a cargo build puts them together), else the one in `../sbin` beside its
+/// directory, where `make install` puts mpchatd when this binary is in `bin`.
+fn default_mpchatd(self_exe: &Path) -> PathBuf {
+    let beside = self_exe.with_file_name("mpchatd");
+    let installed = self_exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("sbin").join("mpchatd"));
+    match installed {
+        Some(p) if !beside.is_file() && p.is_file() => p,
+        _ => beside,
+    }
 }
 
 /// The plaintext relay baseline, run by the bench as its own child process.
