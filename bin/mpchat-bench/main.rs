@@ -16,7 +16,7 @@
 //! The benchmark is a binary with its own modules, outside the library, and uses only
 //! the library's public API:
 //! - `main.rs` (this file): argument parsing, the printed table, exit codes;
-//! - [`run`]: the sections and their options; [`report`]: the results, JSON, tables;
+//! - [`mod@run`]: the sections and their options; [`report`]: the results, JSON, tables;
 //! - [`workload`]: the workloads written once over the [`workload::System`] trait,
 //!   which [`mpchatd`], [`ngircd`] and [`plain`] (the plaintext relay) implement;
 //!   [`relay`]: the timed relay runs;
