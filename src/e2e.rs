@@ -36,8 +36,10 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
 
+use crate::codec::{CodecError, Reader};
 use crate::crypto::{self, AeadKey, CryptoError, RsaPrivate, RsaPublic};
-use crate::{fsutil, mtp};
+use crate::fsutil;
+use crate::proto::MAX_ENVELOPE_LEN;
 
 /// First four bytes of every envelope: format `MPE`, version `1`. A later format gets
 /// a new magic, so a receiver never misreads one as the other.
@@ -45,11 +47,6 @@ pub const MAGIC: [u8; 4] = *b"MPE1";
 /// Most recipients in one envelope: the participant limit (100, creator included)
 /// minus the author. Bounds the parser's work and the entry list it allocates.
 pub const MAX_RECIPIENTS: usize = 99;
-/// Length of the `n` prefix the server puts in front of a relayed envelope.
-const RELAY_PREFIX_LEN: usize = 8;
-/// Largest envelope the server relays: 65,535 (largest frame) - 24 (header) - 12 (mac)
-/// - 8 (the `n` prefix on delivery) = 65,491. Checked before anything else is parsed.
-pub const MAX_ENVELOPE_LEN: usize = mtp::MAX_PAYLOAD_LEN - RELAY_PREFIX_LEN;
 /// Length of the random message id at the start of the inner plaintext; receivers
 /// drop a second copy with an id they have seen (see [`ReplayGuard`]).
 pub const MSG_ID_LEN: usize = 16;
@@ -175,45 +172,9 @@ pub struct EnvelopeView<'a> {
     pub signature: &'a [u8],
 }
 
-/// A reader over untrusted bytes: every take is checked against what remains.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], E2eError> {
-        if n > self.remaining() {
-            return Err(E2eError::Malformed(what));
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], E2eError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N, what)?);
-        Ok(out)
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<usize, E2eError> {
-        Ok(u16::from_be_bytes(self.array(what)?) as usize)
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<usize, E2eError> {
-        // u32 always fits in usize on the 32- and 64-bit targets we build for; a value
-        // that did not would exceed the remaining bytes anyway.
-        Ok(usize::try_from(u32::from_be_bytes(self.array(what)?)).unwrap_or(usize::MAX))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, E2eError> {
-        Ok(u64::from_be_bytes(self.array(what)?))
-    }
+/// The error for a field the envelope is too short to hold.
+fn truncated(what: &'static str) -> impl Fn(CodecError) -> E2eError {
+    move |_| E2eError::Malformed(what)
 }
 
 /// Splits an envelope into its fields, checking the whole layout strictly: the total
@@ -224,14 +185,11 @@ pub fn parse(envelope: &[u8]) -> Result<EnvelopeView<'_>, E2eError> {
     if envelope.len() > MAX_ENVELOPE_LEN {
         return Err(E2eError::TooLarge);
     }
-    let mut cur = Cursor {
-        buf: envelope,
-        pos: 0,
-    };
-    if cur.array::<4>("truncated magic")? != MAGIC {
+    let mut cur = Reader::new(envelope);
+    if cur.array::<4>().map_err(truncated("truncated magic"))? != MAGIC {
         return Err(E2eError::Malformed("bad magic"));
     }
-    let r = cur.u16("truncated recipient count")?;
+    let r = usize::from(cur.u16().map_err(truncated("truncated recipient count"))?);
     if r == 0 {
         return Err(E2eError::Malformed("no recipients"));
     }
@@ -244,7 +202,7 @@ pub fn parse(envelope: &[u8]) -> Result<EnvelopeView<'_>, E2eError> {
     let mut recipients = Vec::with_capacity(r);
     let mut last_uid = 0u64;
     for _ in 0..r {
-        let uid = cur.u64("truncated recipient uid")?;
+        let uid = cur.u64().map_err(truncated("truncated recipient uid"))?;
         if uid == 0 {
             return Err(E2eError::Malformed("recipient uid 0"));
         }
@@ -255,28 +213,32 @@ pub fn parse(envelope: &[u8]) -> Result<EnvelopeView<'_>, E2eError> {
             ));
         }
         last_uid = uid;
-        let w = cur.u16("truncated wrapped key length")?;
+        let w = usize::from(
+            cur.u16()
+                .map_err(truncated("truncated wrapped key length"))?,
+        );
         if !(MIN_RSA_LEN..=MAX_RSA_LEN).contains(&w) {
             return Err(E2eError::Malformed("bad wrapped key length"));
         }
-        let wrapped = cur.take(w, "truncated wrapped key")?;
+        let wrapped = cur.take(w).map_err(truncated("truncated wrapped key"))?;
         recipients.push(WrappedKey { uid, wrapped });
     }
-    let c = cur.u32("truncated content length")?;
+    // A u32 that does not fit usize would exceed the remaining bytes anyway.
+    let c = cur.u32().map_err(truncated("truncated content length"))?;
+    let c = usize::try_from(c).unwrap_or(usize::MAX);
     if c < MIN_SEALED_LEN {
         return Err(E2eError::Malformed("content too short"));
     }
-    let sealed = cur.take(c, "truncated content")?;
+    let sealed = cur.take(c).map_err(truncated("truncated content"))?;
     let (ciphertext, mac) = sealed.split_at(c - crypto::MAC_LEN);
-    let signed = &envelope[..cur.pos];
-    let s = cur.u16("truncated signature length")?;
+    let signed = cur.consumed();
+    let s = usize::from(cur.u16().map_err(truncated("truncated signature length"))?);
     if !(MIN_RSA_LEN..=MAX_RSA_LEN).contains(&s) {
         return Err(E2eError::Malformed("bad signature length"));
     }
-    let signature = cur.take(s, "truncated signature")?;
-    if cur.remaining() != 0 {
-        return Err(E2eError::Malformed("trailing bytes"));
-    }
+    let signature = cur.take(s).map_err(truncated("truncated signature"))?;
+    cur.expect_empty()
+        .map_err(|_| E2eError::Malformed("trailing bytes"))?;
     Ok(EnvelopeView {
         recipients,
         ciphertext,
@@ -631,15 +593,14 @@ impl ReplayGuard {
         // A partial last record is an append cut short by a crash: it was never
         // synced, so the message it names was never acknowledged; drop it.
         let mut guard = ReplayGuard::new();
-        for rec in records.chunks_exact(SEEN_RECORD_LEN) {
-            let mut sid = [0u8; 8];
-            let mut author = [0u8; 8];
-            let mut msg_id = [0u8; MSG_ID_LEN];
-            sid.copy_from_slice(&rec[..8]);
-            author.copy_from_slice(&rec[8..16]);
-            msg_id.copy_from_slice(&rec[16..]);
+        let mut r = Reader::new(records);
+        while r.remaining() >= SEEN_RECORD_LEN {
+            let (Ok(sid), Ok(author), Ok(msg_id)) = (r.u64(), r.u64(), r.array::<MSG_ID_LEN>())
+            else {
+                break;
+            };
             // An id can appear twice: forgotten past the limit, then seen again.
-            guard.check_and_record(u64::from_be_bytes(sid), u64::from_be_bytes(author), msg_id);
+            guard.check_and_record(sid, author, msg_id);
         }
         guard.on_disk = records.len() / SEEN_RECORD_LEN;
         Ok(guard)

@@ -1,13 +1,16 @@
 //! mpchat: a self-hosted end-to-end-encrypted group chat.
 //!
 //! Layers, bottom up:
-//! - [`encoding`], [`fsutil`]: hex/base64/decimal text forms; durable file replacement.
+//! - [`encoding`], [`fsutil`], [`codec`]: hex/base64/decimal text forms; durable file
+//!   replacement; the one bounds-checked byte reader for every binary format.
 //! - [`crypto`]: the only module that names `ring`, `rsa` and `pbkdf2`.
 //! - [`mtp`]: the Message Transfer Protocol: the 24-byte header, frame sealing and
 //!   opening with per-direction sequence numbers and the rekey after `0xFFFF`.
 //! - [`login`]: the login handshake as client and server state machines, with no
 //!   sockets and no clock (`now` is an argument).
 //! - [`names`]: the username rule, shared by the protocol, the client and the server.
+//! - [`proto`]: every payload after the login as a typed request or reply, with its
+//!   `encode` and `decode`; the payload text lives there only.
 //! - [`accounts`]: the server's `users` file (PHC lines), password checking, the PBKDF2
 //!   gate and the administration commands.
 //!
@@ -20,6 +23,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod crypto;
 pub mod e2e;
 pub mod encoding;
@@ -29,6 +33,7 @@ pub mod mtp;
 pub mod names;
 pub mod outbox;
 pub mod pins;
+pub mod proto;
 pub mod registry;
 pub mod server;
 pub mod session;

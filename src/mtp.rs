@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io::{self, Read};
 
+use crate::codec::Reader;
 use crate::crypto::{AeadKey, CryptoError, Direction, Nonce};
 
 /// Protocol version `01 00`: major 1, minor 0.
@@ -190,24 +191,28 @@ impl Header {
     /// Parses a header, checking version, type and that `len` is at least
     /// [`MIN_FRAME_LEN`]. Whether `len` matches the bytes is the caller's check.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header, MtpError> {
-        let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
-        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let ver = u16_at(0);
+        // Every read fits: the array holds exactly the 24 header bytes.
+        let short = |_| MtpError::LengthMismatch {
+            declared: 0,
+            actual: HEADER_LEN,
+        };
+        let mut r = Reader::new(b);
+        let ver = r.u16().map_err(short)?;
         if ver != VERSION {
             return Err(MtpError::BadVersion(ver));
         }
-        let code = u16_at(2);
+        let code = r.u16().map_err(short)?;
         let typ = MsgType::from_code(code).ok_or(MtpError::UnknownType(code))?;
-        let len = u16_at(4);
+        let len = r.u16().map_err(short)?;
         if (len as usize) < MIN_FRAME_LEN {
             return Err(MtpError::TooShort(len));
         }
         Ok(Header {
             typ,
             len,
-            sqn: u16_at(6),
-            sid: u64_at(8),
-            uid: u64_at(16),
+            sqn: r.u16().map_err(short)?,
+            sid: r.u64().map_err(short)?,
+            uid: r.u64().map_err(short)?,
         })
     }
 }

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use crate::mtp::MsgType;
 use crate::outbox::{Outbox, SendError};
-use crate::session::{Answer, InviteAnswer, Record, Refusal, Sessions};
+use crate::proto::{
+    Answer, CloseReq, CloseRes, InitRes, InviteRes, MsgRes, Reason, StatusReq, StatusRes,
+};
+use crate::session::{Record, Sessions};
 
 /// Something for a connection's writer thread to do. Small (a pointer and a tag), so
 /// a full queue of them costs little.
@@ -244,13 +247,10 @@ impl Registry {
     }
 
     /// Sends the error replies of requests whose records could not be stored.
-    pub fn fail(&mut self, on_failure: &[FailureReply], reason: &str) {
+    pub fn fail(&mut self, on_failure: &[FailureReply], reason: &Reason) {
         let effects = on_failure
             .iter()
-            .map(|f| {
-                let payload = format!("error: {reason}").into_bytes();
-                Effect::Reply(f.to, Out::frame(f.typ, f.sid, 0, payload))
-            })
+            .map(|f| Effect::Reply(f.to, Out::frame(f.typ, f.sid, 0, reason.encode_error())))
             .collect();
         self.carry_out(effects);
     }
@@ -343,9 +343,7 @@ impl Registry {
         if !s.live {
             return;
         }
-        let payload = s
-            .status_payload(|uid| self.online.contains_key(&uid))
-            .into_bytes();
+        let payload = StatusRes::Session(s.status(|uid| self.online.contains_key(&uid))).encode();
         let to: Vec<u64> = s
             .accepted()
             .map(|p| p.uid)
@@ -369,7 +367,7 @@ impl Registry {
         self.commit(Record::Live { sid });
         self.send(
             creator,
-            Out::frame(MsgType::InitRes, sid, 0, b"OK".to_vec()),
+            Out::frame(MsgType::InitRes, sid, 0, InitRes::Ok.encode()),
         );
         self.push_status(sid);
     }
@@ -395,8 +393,8 @@ impl Registry {
             invitees.clone(),
         ) {
             Ok(rec) => rec,
-            Err(refusal) => {
-                self.reply(from, MsgType::InitRes, 0, refusal.payload());
+            Err(reason) => {
+                self.reply(from, MsgType::InitRes, 0, InitRes::Error(reason).encode());
                 return Followup::default();
             }
         };
@@ -422,7 +420,7 @@ impl Registry {
     }
 
     /// invite_res (its key, if any, already checked by the caller). No reply.
-    pub fn answer(&mut self, from: Requester, sid: u64, answer: InviteAnswer) {
+    pub fn answer(&mut self, from: Requester, sid: u64, answer: InviteRes) {
         let Some(rec) = self.sessions.plan_answer(sid, from.uid, answer) else {
             return;
         };
@@ -456,11 +454,11 @@ impl Registry {
                 };
                 self.commit(rec);
                 self.on_failure(from, MsgType::MsgRes, sid);
-                self.reply(from, MsgType::MsgRes, sid, format!("OK {n}"));
+                self.reply(from, MsgType::MsgRes, sid, MsgRes::Ok(n).encode());
                 Some(n)
             }
-            Err(refusal) => {
-                self.reply(from, MsgType::MsgRes, sid, refusal.payload());
+            Err(reason) => {
+                self.reply(from, MsgType::MsgRes, sid, MsgRes::Error(reason).encode());
                 None
             }
         }
@@ -494,8 +492,13 @@ impl Registry {
     pub fn close(&mut self, from: Requester, sid: u64) {
         let rec = match self.sessions.plan_close(sid, from.uid) {
             Ok(rec) => rec,
-            Err(refusal) => {
-                self.reply(from, MsgType::CloseRes, sid, refusal.payload());
+            Err(reason) => {
+                self.reply(
+                    from,
+                    MsgType::CloseRes,
+                    sid,
+                    CloseRes::Error(reason).encode(),
+                );
                 return;
             }
         };
@@ -513,36 +516,37 @@ impl Registry {
         self.commit(rec);
         self.on_failure(from, MsgType::CloseRes, sid);
         self.waiting.remove(&sid);
-        self.reply(from, MsgType::CloseRes, sid, "OK");
+        self.reply(from, MsgType::CloseRes, sid, CloseRes::Ok.encode());
         for uid in notify {
             self.send(
                 uid,
-                Out::frame(MsgType::CloseReq, sid, from.uid, Vec::new()),
+                Out::frame(MsgType::CloseReq, sid, from.uid, CloseReq.encode()),
             );
         }
     }
 
-    /// status_req: the listing (sid 0) or one session's status.
+    /// status_req: the listing (sid 0) or one session's status; the reply carries the
+    /// request's sid, an error too.
     pub fn status(&mut self, from: Requester, sid: u64) {
-        let payload = if sid == 0 {
-            self.sessions.list_payload(from.uid)
+        let res = if sid == 0 {
+            StatusRes::Listing(self.sessions.listing(from.uid))
         } else {
             match self.sessions.visible(sid, from.uid) {
-                Ok(s) => s.status_payload(|uid| self.online.contains_key(&uid)),
-                Err(refusal) => refusal.payload(),
+                Ok(s) => StatusRes::Session(s.status(|uid| self.online.contains_key(&uid))),
+                Err(reason) => StatusRes::Error(reason),
             }
         };
-        self.reply(from, MsgType::StatusRes, sid, payload);
+        self.reply(from, MsgType::StatusRes, sid, res.encode());
     }
 
     /// Refuses a request with `error: <reason>` in a reply of type `typ`.
-    pub fn refuse(&mut self, from: Requester, typ: MsgType, sid: u64, refusal: &Refusal) {
-        self.reply(from, typ, sid, refusal.payload());
+    pub fn refuse(&mut self, from: Requester, typ: MsgType, sid: u64, reason: &Reason) {
+        self.reply(from, typ, sid, reason.encode_error());
     }
 
     /// Queues a heartbeat (status_req, sid 0, empty) for `from`.
     pub fn heartbeat(&mut self, from: Requester) {
-        self.reply(from, MsgType::StatusReq, 0, Vec::new());
+        self.reply(from, MsgType::StatusReq, 0, StatusReq.encode());
     }
 
     /// Stored messages for `uid` in `sid` after `after`, at most `max`, as

@@ -22,8 +22,9 @@ use crate::crypto::{self, RsaPrivate, RsaPublic};
 use crate::login::{self, ExpectLoginReq, ReplayCache};
 use crate::mtp::{self, MsgType, ReadError};
 use crate::outbox::{self, Inbox};
+use crate::proto::{self, NotStored, Reason};
 use crate::registry::{Conn, Out, Pending, Registry, Requester};
-use crate::session::{self, Limits, Refusal};
+use crate::session::{self, Limits};
 use crate::store::{self, Journal, Snapshot};
 use crate::threads::{ThreadCache, IDLE_THREAD_LINGER};
 
@@ -641,7 +642,7 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
             for b in &stale {
                 reg.fail(
                     &b.pending.on_failure,
-                    "the server could not store this; try again",
+                    &Reason::NotStored(NotStored::TryAgain),
                 );
             }
             match &stored {
@@ -653,7 +654,7 @@ fn run_journal(shared: &Shared, mut journal: Journal, rx: ChanReceiver<Batch>) {
                 }
                 Err(e) => {
                     log::error!("cannot write the journal {}: {e}", journal.path().display());
-                    let reason = format!("the server could not store this ({})", io_reason(e));
+                    let reason = Reason::NotStored(io_reason(e));
                     for b in &current {
                         reg.fail(&b.pending.on_failure, &reason);
                     }
@@ -720,11 +721,11 @@ fn needs_sync(entries: &[(u64, session::Record)]) -> bool {
 }
 
 /// A short reason for a failed write, for the client's error line.
-fn io_reason(e: &io::Error) -> &'static str {
+fn io_reason(e: &io::Error) -> NotStored {
     match e.kind() {
-        io::ErrorKind::StorageFull => "disk full",
-        io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => "storage limit reached",
-        _ => "write failed",
+        io::ErrorKind::StorageFull => NotStored::DiskFull,
+        io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => NotStored::StorageLimit,
+        _ => NotStored::WriteFailed,
     }
 }
 
@@ -1013,9 +1014,9 @@ fn dispatch(
         MsgType::InviteRes => {
             // A malformed answer or an invalid key changes nothing; invite_res has no
             // reply to carry an error.
-            let answer = session::parse_invite_answer(payload).filter(|a| match a {
-                session::InviteAnswer::Accept(k) => RsaPublic::from_base64(k).is_ok(),
-                session::InviteAnswer::Deny => true,
+            let answer = proto::InviteRes::decode(payload).ok().filter(|a| match a {
+                proto::InviteRes::Accept(k) => RsaPublic::from_base64(k).is_ok(),
+                proto::InviteRes::Deny => true,
             });
             match answer {
                 Some(a) => shared.with_registry_as(Some(inflight), |reg| reg.answer(me, sid, a)),
@@ -1023,19 +1024,20 @@ fn dispatch(
             }
         }
         MsgType::MsgReq => shared.with_registry_as(Some(inflight), |reg| {
-            if reg.message(me, sid, payload).is_some() {
+            let req = proto::MsgReq::decode(payload);
+            if reg.message(me, sid, req.envelope).is_some() {
                 reg.wake_recipients(sid, me.uid);
             }
         }),
         MsgType::MsgRes => {
-            if let Some(n) = session::parse_ack(payload) {
-                shared.with_registry_as(Some(inflight), |reg| reg.ack(me, sid, n));
+            if let Ok(ack) = proto::Ack::decode(payload) {
+                shared.with_registry_as(Some(inflight), |reg| reg.ack(me, sid, ack.n));
             }
         }
         MsgType::CloseReq => shared.with_registry_as(Some(inflight), |reg| reg.close(me, sid)),
         MsgType::StatusReq => shared.with_registry_as(Some(inflight), |reg| reg.status(me, sid)),
         MsgType::StatusRes => {
-            if sid != 0 || payload != b"Online" {
+            if sid != 0 || proto::Online::decode(payload).is_err() {
                 return Err("status_res other than a heartbeat answer");
             }
         }
@@ -1057,28 +1059,28 @@ fn init(
     let limits = shared.config.limits;
     let checked = (|| {
         if sid != 0 {
-            return Err(Refusal("sid must be 0 in an init request".into()));
+            return Err(Reason::InitSidNotZero);
         }
-        let req = session::parse_init(payload, &limits)?;
-        RsaPublic::from_base64(&req.key).map_err(|_| Refusal("invalid public key".into()))?;
+        let req = proto::InitReq::decode(payload, limits.max_participants)?;
+        RsaPublic::from_base64(&req.key).map_err(|_| Reason::InvalidKey)?;
         let accounts = shared.users.current();
         let mut invitees = Vec::with_capacity(req.invitees.len());
         for invitee in &req.invitees {
             if !crate::names::valid_username(invitee) {
-                return Err(Refusal("invalid user name in invitee list".into()));
+                return Err(Reason::InvalidUserName);
             }
             let account = accounts
                 .lookup(invitee)
-                .ok_or_else(|| Refusal(format!("unknown user {invitee}")))?;
+                .ok_or_else(|| Reason::UnknownUser(invitee.clone()))?;
             invitees.push((account.uid, account.name.clone()));
         }
         Ok((req.key, invitees))
     })();
     let (key, invitees) = match checked {
         Ok(x) => x,
-        Err(refusal) => {
+        Err(reason) => {
             shared.with_registry_as(Some(inflight), |reg| {
-                reg.refuse(me, MsgType::InitRes, 0, &refusal)
+                reg.refuse(me, MsgType::InitRes, 0, &reason)
             });
             return;
         }
@@ -1196,7 +1198,13 @@ fn deliver(
         }
         for (sid, creator) in invites.drain(..) {
             sender
-                .seal_into(MsgType::InviteReq, sid, creator, &[], buf)
+                .seal_into(
+                    MsgType::InviteReq,
+                    sid,
+                    creator,
+                    &[&proto::InviteReq.encode()],
+                    buf,
+                )
                 .map_err(io::Error::other)?;
             flush_full(stream, buf)?;
         }
@@ -1206,7 +1214,7 @@ fn deliver(
                     MsgType::MsgReq,
                     sid,
                     author,
-                    &[&n.to_be_bytes(), &envelope],
+                    &[&proto::Delivery::prefix(n), &envelope],
                     buf,
                 )
                 .map_err(io::Error::other)?;

@@ -3,14 +3,18 @@
 //! Every change to session state is an explicit [`Record`]; [`Sessions::apply`] is the
 //! only way state changes, so the same records drive the live server and a journal's
 //! replay after a crash. Requests are checked by the `plan_*` methods, which either
-//! return the record to apply or the `error: ...` reply to send. This module does no
-//! I/O, reads no clock and knows nothing of connections: who is online is passed in.
+//! return the record to apply or the [`Reason`] of the `error: ...` reply to send.
+//! Payloads are typed ([`crate::proto`]): this module builds a session's status and
+//! the listing as values and never writes or parses payload text. It does no I/O,
+//! reads no clock and knows nothing of connections: who is online is passed in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::fmt;
 use std::sync::Arc;
 
-use crate::encoding;
+use crate::proto::{
+    Answer, InviteRes, ListLine, ListState, ParticipantLine, Presence, Reason, SessionState,
+    SessionStatus, MAX_ENVELOPE_LEN,
+};
 
 /// Default participant limit of a session, the creator included.
 pub const DEFAULT_MAX_PARTICIPANTS: usize = 100;
@@ -19,12 +23,6 @@ pub const DEFAULT_MAX_PARTICIPANTS: usize = 100;
 pub const DEFAULT_BACKLOG_MESSAGES: usize = 10_000;
 /// Default bound on the envelope bytes of those messages.
 pub const DEFAULT_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
-/// The largest relayable envelope: 65,535 - 24 (header) - 12 (mac) - 8 (`n` prefix).
-pub const MAX_ENVELOPE_LEN: usize =
-    crate::mtp::MAX_FRAME_LEN - crate::mtp::HEADER_LEN - crate::mtp::MAC_LEN - 8;
-/// Longest public key line accepted in init_req and invite_res: the base64 of a
-/// 4096-bit SPKI is 736 characters; anything longer is refused before parsing.
-pub const MAX_KEY_TEXT_LEN: usize = 1024;
 
 /// Limits on sessions, each with a command-line flag in `mpchatd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,27 +41,6 @@ impl Default for Limits {
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             backlog_messages: DEFAULT_BACKLOG_MESSAGES,
             backlog_bytes: DEFAULT_BACKLOG_BYTES,
-        }
-    }
-}
-
-/// A participant's answer to the invitation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// Not answered yet.
-    Invited,
-    /// Accepted; messages are delivered to it.
-    Accepted,
-    /// Declined; it is out of the session.
-    Declined,
-}
-
-impl Answer {
-    fn word(self) -> &'static str {
-        match self {
-            Answer::Invited => "invited",
-            Answer::Accepted => "accepted",
-            Answer::Declined => "declined",
         }
     }
 }
@@ -173,38 +150,39 @@ impl Session {
         }
     }
 
-    /// The session status payload: `OK\n<pending|live> <creator>\n` then a line per
-    /// participant `<name> <uid> <answer> <online|offline> <acked>[ <key>]`.
-    pub fn status_payload(&self, is_online: impl Fn(u64) -> bool) -> String {
+    /// The session's status: its state, its creator and a line per participant.
+    /// `is_online` says who is connected; a participant who declined shows
+    /// [`Presence::Hidden`] whatever their state, so a session someone declined does
+    /// not let its members watch when they are online.
+    pub fn status(&self, is_online: impl Fn(u64) -> bool) -> SessionStatus {
         let creator = self
             .participant(self.creator)
             .map(|p| p.name.as_str())
             .unwrap_or("?");
-        let mut s = format!(
-            "OK\n{} {}\n",
-            if self.live { "live" } else { "pending" },
-            creator
-        );
-        for p in &self.participants {
-            s.push_str(&format!(
-                "{} {} {} {} {}",
-                p.name,
-                encoding::id_hex(p.uid),
-                p.answer.word(),
-                if is_online(p.uid) {
-                    "online"
-                } else {
-                    "offline"
-                },
-                p.acked
-            ));
-            if let Some(k) = &p.key {
-                s.push(' ');
-                s.push_str(k);
-            }
-            s.push('\n');
+        SessionStatus {
+            state: if self.live {
+                SessionState::Live
+            } else {
+                SessionState::Pending
+            },
+            creator: creator.to_string(),
+            participants: self
+                .participants
+                .iter()
+                .map(|p| ParticipantLine {
+                    name: p.name.clone(),
+                    uid: p.uid,
+                    answer: p.answer,
+                    presence: match p.answer {
+                        Answer::Declined => Presence::Hidden,
+                        _ if is_online(p.uid) => Presence::Online,
+                        _ => Presence::Offline,
+                    },
+                    acked: p.acked,
+                    key: p.key.clone(),
+                })
+                .collect(),
         }
-        s
     }
 }
 
@@ -279,117 +257,10 @@ impl Record {
     }
 }
 
-/// A request refused with `error: <reason>`. The connection stays open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub String);
-
-impl Refusal {
-    fn new(reason: impl Into<String>) -> Self {
-        Refusal(reason.into())
-    }
-
-    /// The reply payload: `error: <reason>`.
-    pub fn payload(&self) -> String {
-        format!("error: {}", self.0)
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.0)
-    }
-}
-
-/// Refusal reasons shared by several requests.
-pub mod reasons {
-    /// The sid is unknown, or the asker declined or was never in it.
-    pub const NOT_A_PARTICIPANT: &str = "not a participant";
-    /// The session was closed by its creator.
-    pub const SESSION_CLOSED: &str = "session closed";
-    /// The session has not gone live yet.
-    pub const NOT_LIVE: &str = "session not live";
-    /// The sender has not accepted the invitation.
-    pub const NOT_ACCEPTED: &str = "invitation not accepted";
-    /// Only the creator may close.
-    pub const ONLY_CREATOR: &str = "only the creator can close";
-    /// Empty msg_req payload.
-    pub const EMPTY_MESSAGE: &str = "empty message";
-    /// Envelope over [`super::MAX_ENVELOPE_LEN`].
-    pub const TOO_LARGE: &str = "message too large";
-    /// The backlog bound was reached.
-    pub const BACKLOG_FULL: &str = "backlog full";
-}
-
-/// A parsed init_req payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitRequest {
-    /// The creator's public key line (checked later by the caller for validity).
-    pub key: String,
-    /// Invitee usernames, in order.
-    pub invitees: Vec<String>,
-}
-
-/// Parses `<public_key>\n<user_1>\n...<user_n>\n`. The final newline may be left out;
-/// empty lines are refused. Only the shape is checked here.
-pub fn parse_init(payload: &[u8], limits: &Limits) -> Result<InitRequest, Refusal> {
-    let text =
-        std::str::from_utf8(payload).map_err(|_| Refusal::new("init request is not UTF-8"))?;
-    let text = text.strip_suffix('\n').unwrap_or(text);
-    let mut lines = text.split('\n');
-    let key = lines
-        .next()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| Refusal::new("missing public key"))?;
-    if key.len() > MAX_KEY_TEXT_LEN {
-        return Err(Refusal::new("invalid public key"));
-    }
-    let mut invitees = Vec::new();
-    for name in lines {
-        if name.is_empty() {
-            return Err(Refusal::new("empty line in invitee list"));
-        }
-        // Bound the work before looking names up: the creator counts too.
-        if invitees.len() + 1 >= limits.max_participants {
-            return Err(Refusal::new(format!(
-                "too many participants (the limit is {})",
-                limits.max_participants
-            )));
-        }
-        invitees.push(name.to_string());
-    }
-    if invitees.is_empty() {
-        return Err(Refusal::new("no invitees"));
-    }
-    Ok(InitRequest {
-        key: key.to_string(),
-        invitees,
-    })
-}
-
-/// A parsed invite_res payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InviteAnswer {
-    /// `Accept\n<public_key>`.
-    Accept(String),
-    /// `Deny`.
-    Deny,
-}
-
-/// Parses an invite_res payload; `None` if malformed.
-pub fn parse_invite_answer(payload: &[u8]) -> Option<InviteAnswer> {
-    let text = std::str::from_utf8(payload).ok()?;
-    if text == "Deny" {
-        return Some(InviteAnswer::Deny);
-    }
-    let key = text.strip_prefix("Accept\n")?;
-    (!key.is_empty() && key.len() <= MAX_KEY_TEXT_LEN && !key.contains('\n'))
-        .then(|| InviteAnswer::Accept(key.to_string()))
-}
-
-/// Parses a response payload `OK <n>` (an acknowledgement).
+/// Parses an acknowledgement `OK <n>`. Kept for `src/bench.rs` until it moves out of
+/// the library; new code uses [`crate::proto::Ack::decode`].
 pub fn parse_ack(payload: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(payload).ok()?;
-    encoding::parse_decimal(text.strip_prefix("OK ")?)
+    crate::proto::Ack::decode(payload).ok().map(|a| a.n)
 }
 
 /// Every session, the closed sids, and an index from user to sessions.
@@ -488,14 +359,14 @@ impl Sessions {
     }
 
     /// A session `uid` may see, or the refusal to give.
-    pub fn visible(&self, sid: u64, uid: u64) -> Result<&Session, Refusal> {
+    pub fn visible(&self, sid: u64, uid: u64) -> Result<&Session, Reason> {
         if self.closed.contains(&sid) {
-            return Err(Refusal::new(reasons::SESSION_CLOSED));
+            return Err(Reason::SessionClosed);
         }
         self.sessions
             .get(&sid)
             .filter(|s| s.visible_to(uid))
-            .ok_or_else(|| Refusal::new(reasons::NOT_A_PARTICIPANT))
+            .ok_or(Reason::NotAParticipant)
     }
 
     /// Checks an init request whose names were resolved to `(uid, name)` by the caller
@@ -506,23 +377,20 @@ impl Sessions {
         creator: (u64, String),
         creator_key: String,
         invitees: Vec<(u64, String)>,
-    ) -> Result<Record, Refusal> {
+    ) -> Result<Record, Reason> {
         if invitees.is_empty() {
-            return Err(Refusal::new("no invitees"));
+            return Err(Reason::NoInvitees);
         }
         if invitees.len() + 1 > self.limits.max_participants {
-            return Err(Refusal::new(format!(
-                "too many participants (the limit is {})",
-                self.limits.max_participants
-            )));
+            return Err(Reason::TooManyParticipants(self.limits.max_participants));
         }
         let mut seen = HashSet::new();
         for (uid, name) in &invitees {
             if *uid == creator.0 {
-                return Err(Refusal::new("you cannot invite yourself"));
+                return Err(Reason::CannotInviteSelf);
             }
             if !seen.insert(*uid) {
-                return Err(Refusal::new(format!("duplicate invitee {name}")));
+                return Err(Reason::DuplicateInvitee(name.clone()));
             }
         }
         debug_assert!(!self.is_used(sid), "the caller draws a fresh sid");
@@ -536,38 +404,38 @@ impl Sessions {
 
     /// Checks an invitation answer; `None` means "no reply and no change" (not invited,
     /// already answered, unknown or closed session).
-    pub fn plan_answer(&self, sid: u64, uid: u64, answer: InviteAnswer) -> Option<Record> {
+    pub fn plan_answer(&self, sid: u64, uid: u64, answer: InviteRes) -> Option<Record> {
         let s = self.sessions.get(&sid)?;
         let p = s.participant(uid)?;
         if p.answer != Answer::Invited {
             return None;
         }
         let key = match answer {
-            InviteAnswer::Accept(k) => Some(k),
-            InviteAnswer::Deny => None,
+            InviteRes::Accept(k) => Some(k),
+            InviteRes::Deny => None,
         };
         Some(Record::Answer { sid, uid, key })
     }
 
     /// Checks a message and returns the record numbering it.
-    pub fn plan_message(&self, sid: u64, author: u64, envelope: &[u8]) -> Result<Record, Refusal> {
+    pub fn plan_message(&self, sid: u64, author: u64, envelope: &[u8]) -> Result<Record, Reason> {
         let s = self.visible(sid, author)?;
         if s.participant(author).map(|p| p.answer) != Some(Answer::Accepted) {
-            return Err(Refusal::new(reasons::NOT_ACCEPTED));
+            return Err(Reason::NotAccepted);
         }
         if !s.live {
-            return Err(Refusal::new(reasons::NOT_LIVE));
+            return Err(Reason::NotLive);
         }
         if envelope.is_empty() {
-            return Err(Refusal::new(reasons::EMPTY_MESSAGE));
+            return Err(Reason::EmptyMessage);
         }
         if envelope.len() > MAX_ENVELOPE_LEN {
-            return Err(Refusal::new(reasons::TOO_LARGE));
+            return Err(Reason::TooLarge);
         }
         if s.messages.len() >= self.limits.backlog_messages
             || s.backlog_bytes + envelope.len() > self.limits.backlog_bytes
         {
-            return Err(Refusal::new(reasons::BACKLOG_FULL));
+            return Err(Reason::BacklogFull);
         }
         Ok(Record::Message {
             sid,
@@ -590,10 +458,10 @@ impl Sessions {
     }
 
     /// Checks a close request.
-    pub fn plan_close(&self, sid: u64, uid: u64) -> Result<Record, Refusal> {
+    pub fn plan_close(&self, sid: u64, uid: u64) -> Result<Record, Reason> {
         let s = self.visible(sid, uid)?;
         if s.creator != uid {
-            return Err(Refusal::new(reasons::ONLY_CREATOR));
+            return Err(Reason::OnlyCreator);
         }
         Ok(Record::Close { sid })
     }
@@ -732,15 +600,16 @@ impl Sessions {
         }
     }
 
-    /// The sid-0 status listing for `uid`: `OK\n` then `<sid> <invited|pending|live>
-    /// <creator>` per session, in sid order.
-    pub fn list_payload(&self, uid: u64) -> String {
+    /// The sid-0 listing for `uid`: a line per session it created or accepted
+    /// (`pending`, `live`) and per invitation still unanswered (`invited`, even once
+    /// the session is live), in sid order. Declined and closed sessions are left out.
+    pub fn listing(&self, uid: u64) -> Vec<ListLine> {
         let mut lines = BTreeMap::new();
         for s in self.sessions_of(uid) {
             let state = match s.participant(uid).map(|p| p.answer) {
-                Some(Answer::Invited) => "invited",
-                _ if s.live => "live",
-                _ => "pending",
+                Some(Answer::Invited) => ListState::Invited,
+                _ if s.live => ListState::Live,
+                _ => ListState::Pending,
             };
             let creator = s
                 .participant(s.creator)
@@ -748,18 +617,22 @@ impl Sessions {
                 .unwrap_or("?");
             lines.insert(
                 s.sid,
-                format!("{} {} {}\n", encoding::id_hex(s.sid), state, creator),
+                ListLine {
+                    sid: s.sid,
+                    state,
+                    creator: creator.to_string(),
+                },
             );
         }
-        let mut out = String::from("OK\n");
-        lines.into_values().for_each(|l| out.push_str(&l));
-        out
+        lines.into_values().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encoding;
+    use crate::proto::StatusRes;
 
     const A: u64 = 0xa;
     const B: u64 = 0xb;
@@ -789,35 +662,22 @@ mod tests {
         n
     }
 
-    fn accept(s: &mut Sessions, uid: u64) {
-        let rec = s
-            .plan_answer(SID, uid, InviteAnswer::Accept(format!("K{uid:x}")))
-            .unwrap();
-        assert!(s.apply(&rec));
+    /// The sid-0 listing payload of `uid`, as the server sends it.
+    fn listing(s: &Sessions, uid: u64) -> String {
+        String::from_utf8(StatusRes::Listing(s.listing(uid)).encode()).unwrap()
     }
 
-    #[test]
-    fn init_payload_parses_with_or_without_final_newline() {
-        let l = Limits::default();
-        let r = parse_init(b"KEY\nbob\ncarol\n", &l).unwrap();
-        assert_eq!(
-            r,
-            InitRequest {
-                key: "KEY".into(),
-                invitees: vec!["bob".into(), "carol".into()]
-            }
-        );
-        assert_eq!(
-            parse_init(b"KEY\nbob", &l).unwrap().invitees,
-            vec!["bob".to_string()]
-        );
-        assert_eq!(parse_init(b"KEY\n", &l).unwrap_err().0, "no invitees");
-        assert_eq!(parse_init(b"", &l).unwrap_err().0, "missing public key");
-        assert_eq!(
-            parse_init(b"KEY\n\nbob\n", &l).unwrap_err().0,
-            "empty line in invitee list"
-        );
-        assert!(parse_init(&[0xff, b'\n', b'b'], &l).is_err());
+    /// The status payload of the session, as the server sends it.
+    fn status(s: &Sessions, online: impl Fn(u64) -> bool) -> String {
+        let st = s.get(SID).unwrap().status(online);
+        String::from_utf8(StatusRes::Session(st).encode()).unwrap()
+    }
+
+    fn accept(s: &mut Sessions, uid: u64) {
+        let rec = s
+            .plan_answer(SID, uid, InviteRes::Accept(format!("K{uid:x}")))
+            .unwrap();
+        assert!(s.apply(&rec));
     }
 
     #[test]
@@ -829,13 +689,13 @@ mod tests {
         assert_eq!(
             s.plan_init(1, named(A), "K".into(), vec![named(A)])
                 .unwrap_err()
-                .0,
+                .to_string(),
             "you cannot invite yourself"
         );
         assert_eq!(
             s.plan_init(1, named(A), "K".into(), vec![named(B), named(B)])
                 .unwrap_err()
-                .0,
+                .to_string(),
             "duplicate invitee userb"
         );
         assert!(s
@@ -849,44 +709,42 @@ mod tests {
                 vec![named(B), named(C), named(0xd)]
             )
             .unwrap_err()
-            .0
+            .to_string()
             .starts_with("too many participants"));
         let many = format!("K\n{}", "x\n".repeat(3));
-        assert!(parse_init(many.as_bytes(), s.limits())
-            .unwrap_err()
-            .0
-            .starts_with("too many"));
+        assert!(
+            crate::proto::InitReq::decode(many.as_bytes(), s.limits().max_participants)
+                .unwrap_err()
+                .to_string()
+                .starts_with("too many")
+        );
     }
 
     #[test]
     fn messages_need_a_live_session_and_an_accepted_sender() {
         let mut s = with_session();
-        assert_eq!(
-            s.plan_message(SID, A, b"x").unwrap_err().0,
-            reasons::NOT_LIVE
-        );
+        assert_eq!(s.plan_message(SID, A, b"x").unwrap_err(), Reason::NotLive);
         assert!(s.apply(&Record::Live { sid: SID }));
         assert_eq!(
-            s.plan_message(SID, B, b"x").unwrap_err().0,
-            reasons::NOT_ACCEPTED
+            s.plan_message(SID, B, b"x").unwrap_err(),
+            Reason::NotAccepted
         );
         assert_eq!(
-            s.plan_message(SID, 0xd, b"x").unwrap_err().0,
-            reasons::NOT_A_PARTICIPANT
+            s.plan_message(SID, 0xd, b"x").unwrap_err(),
+            Reason::NotAParticipant
         );
         assert_eq!(
-            s.plan_message(0x999, A, b"x").unwrap_err().0,
-            reasons::NOT_A_PARTICIPANT
+            s.plan_message(0x999, A, b"x").unwrap_err(),
+            Reason::NotAParticipant
         );
         assert_eq!(
-            s.plan_message(SID, A, b"").unwrap_err().0,
-            reasons::EMPTY_MESSAGE
+            s.plan_message(SID, A, b"").unwrap_err(),
+            Reason::EmptyMessage
         );
         assert_eq!(
             s.plan_message(SID, A, &vec![1; MAX_ENVELOPE_LEN + 1])
-                .unwrap_err()
-                .0,
-            reasons::TOO_LARGE
+                .unwrap_err(),
+            Reason::TooLarge
         );
         assert_eq!(send(&mut s, A, b"one"), 1);
         assert_eq!(send(&mut s, A, b"two"), 2);
@@ -986,13 +844,13 @@ mod tests {
         accept(&mut s, B);
         send(&mut s, A, b"1234");
         assert_eq!(
-            s.plan_message(SID, A, b"1234567").unwrap_err().0,
-            reasons::BACKLOG_FULL
+            s.plan_message(SID, A, b"1234567").unwrap_err(),
+            Reason::BacklogFull
         );
         send(&mut s, A, b"123456");
         assert_eq!(
-            s.plan_message(SID, A, b"1").unwrap_err().0,
-            reasons::BACKLOG_FULL
+            s.plan_message(SID, A, b"1").unwrap_err(),
+            Reason::BacklogFull
         );
         s.apply(&s.plan_ack(SID, B, 2).unwrap());
         assert_eq!(send(&mut s, A, b"1"), 3);
@@ -1002,37 +860,34 @@ mod tests {
     fn answers_count_once() {
         let mut s = with_session();
         accept(&mut s, B);
-        assert_eq!(s.plan_answer(SID, B, InviteAnswer::Deny), None);
+        assert_eq!(s.plan_answer(SID, B, InviteRes::Deny), None);
         assert_eq!(
-            s.plan_answer(SID, A, InviteAnswer::Deny),
+            s.plan_answer(SID, A, InviteRes::Deny),
             None,
             "the creator is not invited"
         );
-        assert_eq!(s.plan_answer(SID, 0xd, InviteAnswer::Deny), None);
-        s.apply(&s.plan_answer(SID, C, InviteAnswer::Deny).unwrap());
-        assert_eq!(s.visible(SID, C).unwrap_err().0, reasons::NOT_A_PARTICIPANT);
-        assert_eq!(s.list_payload(C), "OK\n");
+        assert_eq!(s.plan_answer(SID, 0xd, InviteRes::Deny), None);
+        s.apply(&s.plan_answer(SID, C, InviteRes::Deny).unwrap());
+        assert_eq!(s.visible(SID, C).unwrap_err(), Reason::NotAParticipant);
+        assert_eq!(listing(&s, C), "OK\n");
     }
 
     #[test]
     fn only_the_creator_closes_and_closed_sids_stay_used() {
         let mut s = with_session();
         accept(&mut s, B);
-        assert_eq!(s.plan_close(SID, B).unwrap_err().0, reasons::ONLY_CREATOR);
-        assert_eq!(
-            s.plan_close(SID, 0xd).unwrap_err().0,
-            reasons::NOT_A_PARTICIPANT
-        );
+        assert_eq!(s.plan_close(SID, B).unwrap_err(), Reason::OnlyCreator);
+        assert_eq!(s.plan_close(SID, 0xd).unwrap_err(), Reason::NotAParticipant);
         s.apply(&s.plan_close(SID, A).unwrap());
         assert!(s.get(SID).is_none());
         assert!(s.is_used(SID));
-        assert_eq!(s.plan_close(SID, A).unwrap_err().0, reasons::SESSION_CLOSED);
+        assert_eq!(s.plan_close(SID, A).unwrap_err(), Reason::SessionClosed);
         assert_eq!(
-            s.plan_message(SID, A, b"x").unwrap_err().0,
-            reasons::SESSION_CLOSED
+            s.plan_message(SID, A, b"x").unwrap_err(),
+            Reason::SessionClosed
         );
-        assert_eq!(s.visible(SID, 0xd).unwrap_err().0, reasons::SESSION_CLOSED);
-        assert_eq!(s.list_payload(A), "OK\n");
+        assert_eq!(s.visible(SID, 0xd).unwrap_err(), Reason::SessionClosed);
+        assert_eq!(listing(&s, A), "OK\n");
         let again = Record::Create {
             sid: SID,
             creator: named(A),
@@ -1050,13 +905,13 @@ mod tests {
     fn listings_show_invited_pending_and_live() {
         let mut s = with_session();
         let sid = encoding::id_hex(SID);
-        assert_eq!(s.list_payload(A), format!("OK\n{sid} pending usera\n"));
-        assert_eq!(s.list_payload(B), format!("OK\n{sid} invited usera\n"));
+        assert_eq!(listing(&s, A), format!("OK\n{sid} pending usera\n"));
+        assert_eq!(listing(&s, B), format!("OK\n{sid} invited usera\n"));
         s.apply(&Record::Live { sid: SID });
-        assert_eq!(s.list_payload(A), format!("OK\n{sid} live usera\n"));
-        assert_eq!(s.list_payload(B), format!("OK\n{sid} invited usera\n"));
+        assert_eq!(listing(&s, A), format!("OK\n{sid} live usera\n"));
+        assert_eq!(listing(&s, B), format!("OK\n{sid} invited usera\n"));
         accept(&mut s, B);
-        assert_eq!(s.list_payload(B), format!("OK\n{sid} live usera\n"));
+        assert_eq!(listing(&s, B), format!("OK\n{sid} live usera\n"));
     }
 
     #[test]
@@ -1066,7 +921,7 @@ mod tests {
         accept(&mut s, B);
         send(&mut s, A, b"x");
         s.apply(&s.plan_ack(SID, B, 1).unwrap());
-        let got = s.get(SID).unwrap().status_payload(|uid| uid == B);
+        let got = status(&s, |uid| uid == B);
         assert_eq!(
             got,
             "OK\nlive usera\n\
@@ -1077,15 +932,32 @@ mod tests {
     }
 
     #[test]
-    fn invite_answers_and_acks_parse_strictly() {
-        assert_eq!(parse_invite_answer(b"Deny"), Some(InviteAnswer::Deny));
+    fn a_decliner_shows_no_presence_whether_online_or_not() {
+        let mut s = with_session();
+        s.apply(&s.plan_answer(SID, C, InviteRes::Deny).unwrap());
+        for online in [true, false] {
+            let st = s.get(SID).unwrap().status(|_| online);
+            let c = st.participant(C).unwrap();
+            assert_eq!((c.answer, c.presence), (Answer::Declined, Presence::Hidden));
+            let b = st.participant(B).unwrap();
+            let want = if online {
+                Presence::Online
+            } else {
+                Presence::Offline
+            };
+            assert_eq!(b.presence, want);
+        }
         assert_eq!(
-            parse_invite_answer(b"Accept\nKEY"),
-            Some(InviteAnswer::Accept("KEY".into()))
+            status(&s, |_| true),
+            "OK\npending usera\n\
+             usera 000000000000000a accepted online 0 KA\n\
+             userb 000000000000000b invited online 0\n\
+             userc 000000000000000c declined - 0\n"
         );
-        assert_eq!(parse_invite_answer(b"Accept\n"), None);
-        assert_eq!(parse_invite_answer(b"Accept\nA\nB"), None);
-        assert_eq!(parse_invite_answer(b"deny"), None);
+    }
+
+    #[test]
+    fn acks_parse_strictly_for_the_benchmark() {
         assert_eq!(parse_ack(b"OK 7"), Some(7));
         assert_eq!(parse_ack(b"OK 07"), None);
         assert_eq!(parse_ack(b"OK"), None);

@@ -133,11 +133,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::codec::{self, CodecError, Reader};
 use crate::names::MAX_USERNAME_LEN;
-use crate::session::{
-    Answer, Limits, Participant, Record, Session, Sessions, Stored, MAX_ENVELOPE_LEN,
-    MAX_KEY_TEXT_LEN,
-};
+use crate::proto::{Answer, MAX_ENVELOPE_LEN, MAX_KEY_TEXT_LEN};
+use crate::session::{Limits, Participant, Record, Session, Sessions, Stored};
 use crate::{crypto, fsutil};
 
 /// The journal's file name in the state directory.
@@ -409,6 +408,15 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+impl From<CodecError> for DecodeError {
+    fn from(e: CodecError) -> Self {
+        DecodeError(match e {
+            CodecError::Truncated => "the entry is cut short",
+            CodecError::TrailingBytes => "trailing bytes after the entry's fields",
+        })
+    }
+}
+
 fn too_large(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -419,20 +427,14 @@ fn too_large(what: &str) -> io::Error {
 // ---------------------------------------------------------------------------------
 // Encoding
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
+use codec::{put_u32, put_u64};
 
 fn put_str(out: &mut Vec<u8>, s: &str, max: usize, what: &str) -> io::Result<()> {
     if s.len() > max {
         return Err(too_large(what));
     }
     // max <= u16::MAX for every field (checked by the const asserts above).
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    codec::put_u16(out, s.len() as u16);
     out.extend_from_slice(s.as_bytes());
     Ok(())
 }
@@ -589,105 +591,62 @@ fn random_file_id() -> io::Result<u64> {
 // ---------------------------------------------------------------------------------
 // Decoding
 
-/// Reads fields from a body; every read is bounds-checked.
-struct Cursor<'a> {
-    rest: &'a [u8],
-}
+// Fields over a [`Reader`]: each length is checked against its bound before the bytes
+// are taken (and so before anything is allocated).
 
-impl<'a> Cursor<'a> {
-    fn new(body: &'a [u8]) -> Self {
-        Cursor { rest: body }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.rest.len() < n {
-            return Err(DecodeError("the entry is cut short"));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn flag(&mut self) -> Result<bool, DecodeError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(DecodeError("a flag is neither 0 nor 1")),
-        }
-    }
-
-    fn str(&mut self, max: usize) -> Result<String, DecodeError> {
-        let n = usize::from(u16::from_be_bytes(self.array()?));
-        if n > max {
-            return Err(DecodeError("a text field is longer than its bound"));
-        }
-        std::str::from_utf8(self.take(n)?)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError("a text field is not UTF-8"))
-    }
-
-    fn key(&mut self) -> Result<Option<String>, DecodeError> {
-        Ok(if self.flag()? {
-            Some(self.str(MAX_KEY_TEXT_LEN)?)
-        } else {
-            None
-        })
-    }
-
-    fn envelope(&mut self) -> Result<Arc<[u8]>, DecodeError> {
-        let n = self.u32()? as usize;
-        if n > MAX_ENVELOPE_LEN {
-            return Err(DecodeError("an envelope is longer than its bound"));
-        }
-        Ok(Arc::from(self.take(n)?))
-    }
-
-    fn count(&mut self, max: usize) -> Result<usize, DecodeError> {
-        let n = self.u32()? as usize;
-        if n > max {
-            return Err(DecodeError("a count is over its bound"));
-        }
-        Ok(n)
-    }
-
-    fn finish(self) -> Result<(), DecodeError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError("trailing bytes after the entry's fields"))
-        }
+fn read_flag(c: &mut Reader<'_>) -> Result<bool, DecodeError> {
+    match c.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError("a flag is neither 0 nor 1")),
     }
 }
 
-fn read_record(c: &mut Cursor<'_>) -> Result<Record, DecodeError> {
+fn read_str(c: &mut Reader<'_>, max: usize) -> Result<String, DecodeError> {
+    let n = usize::from(c.u16()?);
+    if n > max {
+        return Err(DecodeError("a text field is longer than its bound"));
+    }
+    std::str::from_utf8(c.take(n)?)
+        .map(str::to_owned)
+        .map_err(|_| DecodeError("a text field is not UTF-8"))
+}
+
+fn read_key(c: &mut Reader<'_>) -> Result<Option<String>, DecodeError> {
+    Ok(if read_flag(c)? {
+        Some(read_str(c, MAX_KEY_TEXT_LEN)?)
+    } else {
+        None
+    })
+}
+
+fn read_envelope(c: &mut Reader<'_>) -> Result<Arc<[u8]>, DecodeError> {
+    let n = c.u32()? as usize;
+    if n > MAX_ENVELOPE_LEN {
+        return Err(DecodeError("an envelope is longer than its bound"));
+    }
+    Ok(Arc::from(c.take(n)?))
+}
+
+fn read_count(c: &mut Reader<'_>, max: usize) -> Result<usize, DecodeError> {
+    let n = c.u32()? as usize;
+    if n > max {
+        return Err(DecodeError("a count is over its bound"));
+    }
+    Ok(n)
+}
+
+fn read_record(c: &mut Reader<'_>) -> Result<Record, DecodeError> {
     Ok(match c.u8()? {
         KIND_CREATE => {
             let sid = c.u64()?;
-            let creator = (c.u64()?, c.str(MAX_USERNAME_LEN)?);
-            let creator_key = c.str(MAX_KEY_TEXT_LEN)?;
-            let count = c.count(MAX_STORED_PARTICIPANTS - 1)?;
+            let creator = (c.u64()?, read_str(c, MAX_USERNAME_LEN)?);
+            let creator_key = read_str(c, MAX_KEY_TEXT_LEN)?;
+            let count = read_count(c, MAX_STORED_PARTICIPANTS - 1)?;
             // Each invitee takes at least 10 bytes; do not reserve more than the body holds.
-            let mut invitees = Vec::with_capacity(count.min(c.rest.len() / 10));
+            let mut invitees = Vec::with_capacity(count.min(c.remaining() / 10));
             for _ in 0..count {
-                invitees.push((c.u64()?, c.str(MAX_USERNAME_LEN)?));
+                invitees.push((c.u64()?, read_str(c, MAX_USERNAME_LEN)?));
             }
             Record::Create {
                 sid,
@@ -699,14 +658,14 @@ fn read_record(c: &mut Cursor<'_>) -> Result<Record, DecodeError> {
         KIND_ANSWER => Record::Answer {
             sid: c.u64()?,
             uid: c.u64()?,
-            key: c.key()?,
+            key: read_key(c)?,
         },
         KIND_LIVE => Record::Live { sid: c.u64()? },
         KIND_MESSAGE => Record::Message {
             sid: c.u64()?,
             n: c.u64()?,
             author: c.u64()?,
-            envelope: c.envelope()?,
+            envelope: read_envelope(c)?,
         },
         KIND_ACK => Record::Ack {
             sid: c.u64()?,
@@ -721,9 +680,9 @@ fn read_record(c: &mut Cursor<'_>) -> Result<Record, DecodeError> {
 /// Decodes a record encoded by [`encode_record`]. Strict: the whole of `body` must be
 /// exactly one record.
 pub fn decode_record(body: &[u8]) -> Result<Record, DecodeError> {
-    let mut c = Cursor::new(body);
+    let mut c = Reader::new(body);
     let rec = read_record(&mut c)?;
-    c.finish()?;
+    c.expect_empty()?;
     Ok(rec)
 }
 
@@ -940,8 +899,8 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
             Frame::Bad(reason) => return Err(StoreError::damaged(path, pos, reason)),
         };
         let damaged = |reason: &str| StoreError::damaged(path, pos, reason);
-        let mut c = Cursor::new(&body);
-        let kind = c.u8().map_err(|e| damaged(e.0))?;
+        let mut c = Reader::new(&body);
+        let kind = c.u8().map_err(|e| damaged(DecodeError::from(e).0))?;
         if ended {
             return Err(damaged("an entry after the end entry"));
         }
@@ -952,7 +911,7 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
             return Err(damaged("a session's stored messages are missing"));
         }
         match kind {
-            SNAP_HEAD => lsn = Some(c.u64().map_err(|e| damaged(e.0))?),
+            SNAP_HEAD => lsn = Some(c.u64().map_err(|e| damaged(DecodeError::from(e).0))?),
             SNAP_SESSION => {
                 let (s, messages) = read_session(&mut c).map_err(|e| damaged(e.0))?;
                 if !sids.insert(s.sid) {
@@ -964,10 +923,10 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
                 let Some((_, s, to_go)) = open.as_mut() else {
                     return Err(damaged("a stored message outside a session"));
                 };
-                let sid = c.u64().map_err(|e| damaged(e.0))?;
-                let n = c.u64().map_err(|e| damaged(e.0))?;
-                let author = c.u64().map_err(|e| damaged(e.0))?;
-                let envelope = c.envelope().map_err(|e| damaged(e.0))?;
+                let sid = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
+                let n = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
+                let author = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
+                let envelope = read_envelope(&mut c).map_err(|e| damaged(e.0))?;
                 if sid != s.sid {
                     return Err(damaged("a stored message of another session"));
                 }
@@ -980,12 +939,12 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
                 *to_go -= 1;
             }
             SNAP_CLOSED => {
-                let count = c.count(MAX_CLOSED_PER_ENTRY).map_err(|e| damaged(e.0))?;
+                let count = read_count(&mut c, MAX_CLOSED_PER_ENTRY).map_err(|e| damaged(e.0))?;
                 if count == 0 {
                     return Err(damaged("an empty closed-sid entry"));
                 }
                 for _ in 0..count {
-                    let sid = c.u64().map_err(|e| damaged(e.0))?;
+                    let sid = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
                     if sid == 0 || !sids.insert(sid) {
                         return Err(damaged("a closed sid is 0 or appears twice"));
                     }
@@ -993,8 +952,8 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
                 }
             }
             SNAP_END => {
-                let n_sessions = c.u64().map_err(|e| damaged(e.0))?;
-                let n_closed = c.u64().map_err(|e| damaged(e.0))?;
+                let n_sessions = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
+                let n_closed = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
                 if n_sessions != sessions.len() as u64 || n_closed != closed.len() as u64 {
                     return Err(damaged("entries are missing (the totals do not match)"));
                 }
@@ -1002,7 +961,8 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
             }
             _ => return Err(damaged("unknown snapshot entry kind")),
         }
-        c.finish().map_err(|e| damaged(e.0))?;
+        c.expect_empty()
+            .map_err(|e| damaged(DecodeError::from(e).0))?;
         if let Some((at, s, 0)) = &open {
             check_session(s).map_err(|reason| StoreError::damaged(path, *at, reason))?;
             if let Some((_, s, _)) = open.take() {
@@ -1024,24 +984,24 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
 
 /// Reads a snapshot Session entry after its kind byte; returns the session (without
 /// messages) and how many Stored entries follow.
-fn read_session(c: &mut Cursor<'_>) -> Result<(Session, u64), DecodeError> {
+fn read_session(c: &mut Reader<'_>) -> Result<(Session, u64), DecodeError> {
     let sid = c.u64()?;
     let creator = c.u64()?;
-    let live = c.flag()?;
+    let live = read_flag(c)?;
     let last_n = c.u64()?;
-    let count = c.count(MAX_STORED_PARTICIPANTS)?;
+    let count = read_count(c, MAX_STORED_PARTICIPANTS)?;
     // Each participant takes at least 20 bytes; do not reserve more than the body holds.
-    let mut participants = Vec::with_capacity(count.min(c.rest.len() / 20));
+    let mut participants = Vec::with_capacity(count.min(c.remaining() / 20));
     for _ in 0..count {
         let uid = c.u64()?;
-        let name = c.str(MAX_USERNAME_LEN)?;
+        let name = read_str(c, MAX_USERNAME_LEN)?;
         let answer = match c.u8()? {
             0 => Answer::Invited,
             1 => Answer::Accepted,
             2 => Answer::Declined,
             _ => return Err(DecodeError("unknown invitation answer")),
         };
-        let key = c.key()?;
+        let key = read_key(c)?;
         let acked = c.u64()?;
         participants.push(Participant {
             uid,
@@ -1542,11 +1502,11 @@ fn open_journal(
             }
         };
         let damaged = |reason: String| StoreError::damaged(&path, pos, reason);
-        let mut c = Cursor::new(&body);
+        let mut c = Reader::new(&body);
         let (lsn, batch, rec) = (|| {
             let (lsn, batch) = (c.u64()?, c.u64()?);
             let rec = read_record(&mut c)?;
-            c.finish()?;
+            c.expect_empty()?;
             Ok::<_, DecodeError>((lsn, batch, rec))
         })()
         .map_err(|e| {
