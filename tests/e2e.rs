@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use mpchat::crypto::{AeadKey, RsaPrivate, RsaPublic};
-use mpchat::e2e::{self, E2eError, ReplayGuard, MAX_ENVELOPE_LEN};
+use mpchat::e2e::{self, E2eError, ReplayGuard};
 use mpchat::pins::{self, KnownKeys, PinError, PinStatus};
+use mpchat::proto::MAX_ENVELOPE_LEN;
 
 const SID: u64 = 0x1111_2222_3333_4444;
 const AUTHOR: u64 = 0xa0a0_0000_0000_0001;

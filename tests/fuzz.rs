@@ -22,8 +22,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use mpchat::crypto::{self, AeadKey, Direction, RsaPrivate};
-use mpchat::mtp::{self, MsgType, Receiver, Sender};
-use mpchat::{accounts, client, e2e, encoding, login, session};
+use mpchat::mtp::{self, Header, MsgType, Receiver, Sender};
+use mpchat::proto::{self, ServerMessage};
+use mpchat::{accounts, client, e2e, encoding, login, session, store};
 
 /// Counts the largest single allocation made by this thread while armed.
 struct Counting;
@@ -271,7 +272,8 @@ fn targets() -> Vec<Target> {
                 b"K\nb".to_vec(),
             ],
             run: Box::new(|input| {
-                if let Ok(req) = session::parse_init(input, &session::Limits::default()) {
+                let limit = session::Limits::default().max_participants;
+                if let Ok(req) = proto::InitReq::decode(input, limit) {
                     let _ = crypto::RsaPublic::from_base64(&req.key);
                 }
             }),
@@ -282,8 +284,7 @@ fn targets() -> Vec<Target> {
             max_alloc: 64 * 1024,
             seeds: vec![format!("Accept\n{user_key}").into_bytes(), b"Deny".to_vec()],
             run: Box::new(|input| {
-                if let Some(session::InviteAnswer::Accept(k)) = session::parse_invite_answer(input)
-                {
+                if let Ok(proto::InviteRes::Accept(k)) = proto::InviteRes::decode(input) {
                     let _ = crypto::RsaPublic::from_base64(&k);
                 }
             }),
@@ -292,12 +293,89 @@ fn targets() -> Vec<Target> {
             name: "ack-and-status",
             weight: 10,
             max_alloc: 64 * 1024,
-            seeds: vec![b"OK 17".to_vec(), status.into_bytes()],
+            seeds: vec![b"OK 17".to_vec(), status.clone().into_bytes()],
             run: Box::new(|input| {
-                let _ = session::parse_ack(input);
+                let _ = proto::Ack::decode(input);
+                let _ = proto::StatusRes::decode(0, input);
+                let _ = proto::StatusRes::decode(5, input);
                 if let Ok(text) = std::str::from_utf8(input) {
                     let _ = client::check_session_status(text);
                 }
+            }),
+        },
+        Target {
+            name: "replies",
+            weight: 5,
+            max_alloc: 64 * 1024,
+            seeds: vec![
+                b"OK".to_vec(),
+                b"OK 42".to_vec(),
+                b"error: unknown user zed".to_vec(),
+                b"error: too many participants (the limit is 100)".to_vec(),
+                b"Online".to_vec(),
+            ],
+            run: Box::new(|input| {
+                let _ = proto::InitRes::decode(input);
+                let _ = proto::MsgRes::decode(input);
+                let _ = proto::CloseRes::decode(input);
+                let _ = proto::Online::decode(input);
+                if let Ok(text) = std::str::from_utf8(input) {
+                    let _ = proto::Reason::decode(text);
+                }
+            }),
+        },
+        Target {
+            name: "server-message",
+            weight: 10,
+            // A status may list up to MAX_STATUS_LINES participants.
+            max_alloc: proto::MAX_STATUS_LINES * size_of::<proto::ParticipantLine>(),
+            seeds: server_message_seeds(&status, &envelope),
+            run: Box::new(|input| {
+                // First byte: the type (low nibble) and whether sid and uid are 0.
+                let Some((&pick, payload)) = input.split_first() else {
+                    return;
+                };
+                let codes = [
+                    0x0000, 0x0010, 0x0100, 0x0110, 0x0200, 0x0210, 0x0300, 0x0310, 0x0400, 0x0410,
+                ];
+                let Some(typ) = MsgType::from_code(codes[usize::from(pick & 15) % codes.len()])
+                else {
+                    return;
+                };
+                let header = Header {
+                    typ,
+                    len: 0,
+                    sqn: 2,
+                    sid: u64::from(pick & 0x10 != 0) * 5,
+                    uid: u64::from(pick & 0x20 != 0) * 9,
+                };
+                if let Ok(m) = ServerMessage::decode(&header, payload) {
+                    assert_eq!(m.encode(), payload, "decoding is strict, so it round-trips");
+                }
+            }),
+        },
+        Target {
+            name: "delivery",
+            weight: 3,
+            max_alloc: 64 * 1024,
+            seeds: vec![{
+                let mut d = 7u64.to_be_bytes().to_vec();
+                d.extend_from_slice(&envelope);
+                d
+            }],
+            run: Box::new(|input| {
+                if let Ok(d) = proto::Delivery::decode(input) {
+                    let _ = e2e::parse(d.envelope);
+                }
+            }),
+        },
+        Target {
+            name: "store-record",
+            weight: 5,
+            max_alloc: 64 * 1024,
+            seeds: store_record_seeds(&user_key),
+            run: Box::new(|input| {
+                let _ = store::decode_record(input);
             }),
         },
         Target {
@@ -363,6 +441,69 @@ fn targets() -> Vec<Target> {
             }),
         },
     ]
+}
+
+/// A seed of the server-message target: a pick byte (type index in the low nibble,
+/// 0x10 for a non-zero sid, 0x20 for a non-zero uid), then the payload.
+fn server_message_seeds(status: &str, envelope: &[u8]) -> Vec<Vec<u8>> {
+    let seed = |pick: u8, payload: &[u8]| {
+        let mut v = vec![pick];
+        v.extend_from_slice(payload);
+        v
+    };
+    let mut delivery = 3u64.to_be_bytes().to_vec();
+    delivery.extend_from_slice(envelope);
+    vec![
+        seed(0x11, b"OK"),
+        seed(0x01, b"error: you cannot invite yourself"),
+        seed(0x36, b""),
+        seed(0x34, &delivery),
+        seed(0x15, b"OK 3"),
+        seed(0x32, b""),
+        seed(0x13, b"error: only the creator can close"),
+        seed(0x08, b""),
+        seed(0x19, status.as_bytes()),
+        seed(0x09, b"OK\n0000000000000005 live alice\n"),
+    ]
+}
+
+/// Journal records of every kind, encoded.
+fn store_record_seeds(key: &str) -> Vec<Vec<u8>> {
+    use std::sync::Arc;
+    let records = [
+        session::Record::Create {
+            sid: 5,
+            creator: (0xaa, "alice".into()),
+            creator_key: key.into(),
+            invitees: vec![(0xbb, "bob".into()), (0xcc, "carol".into())],
+        },
+        session::Record::Answer {
+            sid: 5,
+            uid: 0xbb,
+            key: Some(key.into()),
+        },
+        session::Record::Live { sid: 5 },
+        session::Record::Message {
+            sid: 5,
+            n: 1,
+            author: 0xaa,
+            envelope: Arc::from(&b"envelope"[..]),
+        },
+        session::Record::Ack {
+            sid: 5,
+            uid: 0xbb,
+            n: 1,
+        },
+        session::Record::Close { sid: 5 },
+    ];
+    records
+        .iter()
+        .map(|r| {
+            let mut out = Vec::new();
+            store::encode_record(r, &mut out).unwrap();
+            out
+        })
+        .collect()
 }
 
 fn regressions_dir() -> PathBuf {

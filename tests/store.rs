@@ -299,7 +299,7 @@ fn truncated_extended_and_garbled_records_are_refused() {
     // Lengths over their bounds, with the bytes present.
     let mut body = vec![4u8];
     body.extend_from_slice(&[0; 24]);
-    let too_long = mpchat::session::MAX_ENVELOPE_LEN + 1;
+    let too_long = mpchat::proto::MAX_ENVELOPE_LEN + 1;
     body.extend_from_slice(&(too_long as u32).to_be_bytes());
     body.resize(body.len() + too_long, 1);
     assert!(decode_record(&body).is_err(), "envelope over its bound");
