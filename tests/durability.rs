@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::{key_line, session, temp_dir, text, wait_for_log, Raw, Server};
 use mpchat::encoding::id_hex;
 use mpchat::mtp::MsgType;
+use mpchat::proto::{Ack, Delivery, InitReq, MsgRes};
 
 /// Logs in with the password the tests give every account.
 fn login(server: &Server, user: &str) -> Raw {
@@ -75,10 +76,9 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
                     let Some((h, p)) = raw.try_recv() else { return };
                     match h.typ {
                         MsgType::MsgRes => {
-                            let n: u64 = text(&p)
-                                .strip_prefix("OK ")
-                                .and_then(|n| n.parse().ok())
-                                .expect("OK <n>");
+                            let Ok(MsgRes::Ok(n)) = MsgRes::decode(&p) else {
+                                panic!("OK <n>, not {}", text(&p));
+                            };
                             let env = waiting.take().expect("a reply to our message");
                             let mut a = acked.lock().unwrap();
                             assert!(
@@ -87,8 +87,8 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
                             );
                         }
                         MsgType::MsgReq => {
-                            let n = u64::from_be_bytes(p[..8].try_into().unwrap());
-                            let env = p[8..].to_vec();
+                            let d = Delivery::decode(&p).expect("a delivery");
+                            let (n, env) = (d.n, d.envelope.to_vec());
                             let mut r = received.lock().unwrap();
                             let mine = r.entry(who.clone()).or_default();
                             if let Some(prev) = mine.get(&n) {
@@ -100,8 +100,7 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
                                 mine.insert(n, env);
                             }
                             drop(r);
-                            let _ =
-                                raw.try_send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
+                            let _ = raw.try_send(Ack::TYPE, sid, &Ack { n }.encode());
                         }
                         _ => {}
                     }
@@ -146,13 +145,13 @@ fn acknowledged_messages_survive_kill_9_and_are_never_renumbered() {
                 .unwrap();
             let Some((h, p)) = raw.try_recv() else { break };
             if h.typ == MsgType::MsgReq {
-                let n = u64::from_be_bytes(p[..8].try_into().unwrap());
-                let env = p[8..].to_vec();
+                let d = Delivery::decode(&p).expect("a delivery");
+                let (n, env) = (d.n, d.envelope.to_vec());
                 if let Some(prev) = got.get(&n) {
                     assert_eq!(prev, &env, "{who} got two different messages numbered {n}");
                 }
                 got.insert(n, env);
-                raw.send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
+                raw.send(Ack::TYPE, sid, &Ack { n }.encode());
             }
         }
         for n in &owed {
@@ -190,11 +189,11 @@ fn a_restart_resumes_live_sessions_pending_invites_and_undelivered_messages() {
     let mut b = login(&server, "bob");
     let sid = session(&mut a, &mut [&mut b]);
     // carol is invited to a second session while offline.
-    a.send(
-        MsgType::InitReq,
-        0,
-        format!("{}\ncarol\n", key_line()).as_bytes(),
-    );
+    let init = InitReq {
+        key: key_line().to_string(),
+        invitees: vec!["carol".into()],
+    };
+    a.send(InitReq::TYPE, 0, &init.encode());
     let (h, _) = a.recv_type(MsgType::InitRes);
     let sid2 = h.sid;
     drop(b);
@@ -361,11 +360,11 @@ fn a_full_disk_gives_error_replies_and_the_server_keeps_serving() {
     let mut last_ok = 0u64;
     for i in 0..2000 {
         a.send(MsgType::MsgReq, sid, format!("{i:01000}").as_bytes());
-        let reply = text(&a.recv_type(MsgType::MsgRes).1);
-        match reply.strip_prefix("OK ") {
-            Some(n) => last_ok = n.parse().unwrap(),
-            None => {
-                refused = Some(reply);
+        let reply = a.recv_type(MsgType::MsgRes).1;
+        match MsgRes::decode(&reply) {
+            Ok(MsgRes::Ok(n)) => last_ok = n,
+            _ => {
+                refused = Some(text(&reply));
                 break;
             }
         }

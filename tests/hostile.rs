@@ -38,6 +38,7 @@ use mpchat::accounts::DEFAULT_ITERATIONS;
 use mpchat::crypto::RsaPublic;
 use mpchat::login::{ClientLogin, Established};
 use mpchat::mtp::{self, MsgType};
+use mpchat::proto::{Ack, Delivery, InitReq, MsgRes, Online};
 use mpchat::server::{DEFAULT_MAX_PRELOGIN, PRELOGIN_EVICT_AGE};
 
 /// The password of the accounts these tests log in with.
@@ -129,19 +130,32 @@ fn assert_log_free_of(server: &Server, secrets: &[&str]) {
 
 /// `p` is a relayed msg_req payload: the 8-byte `n`, then the envelope.
 fn split_delivery(p: &[u8]) -> (u64, &[u8]) {
-    assert!(p.len() >= 8, "a delivery of {} bytes", p.len());
-    (u64::from_be_bytes(p[..8].try_into().unwrap()), &p[8..])
+    let d = Delivery::decode(p).unwrap_or_else(|e| panic!("a delivery of {} bytes: {e}", p.len()));
+    (d.n, d.envelope)
+}
+
+/// The `n` of an `OK <n>` msg_res; panics with the reply otherwise.
+fn message_number(reply: &[u8], who: &str) -> u64 {
+    match MsgRes::decode(reply) {
+        Ok(MsgRes::Ok(n)) => n,
+        _ => panic!("{who}: message refused: {}", text(reply)),
+    }
 }
 
 /// Sends one message from `from` and reads the `OK <n>` reply; returns `n`.
 fn send_message(from: &mut Raw, sid: u64, envelope: &[u8]) -> u64 {
     from.send(MsgType::MsgReq, sid, envelope);
     let (_, reply) = from.recv_type(MsgType::MsgRes);
-    let reply = text(&reply);
-    reply
-        .strip_prefix("OK ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{}: message refused: {reply}", from.name))
+    message_number(&reply, &from.name)
+}
+
+/// The init_req payload of a session inviting carol alone.
+fn inviting_carol() -> Vec<u8> {
+    InitReq {
+        key: key_line().to_string(),
+        invitees: vec!["carol".into()],
+    }
+    .encode()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -305,7 +319,7 @@ fn relay(a: &mut Raw, b: &mut Raw, sid: u64, count: usize, tag: &str) -> Vec<Dur
             assert_eq!(n, last + 1, "{tag} {i}: numbers must follow on");
         }
         last_n = Some(n);
-        b.send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
+        b.send(Ack::TYPE, sid, &Ack { n }.encode());
         let (_, reply) = a.recv_type(MsgType::MsgRes);
         assert_eq!(
             text(&reply),
@@ -724,7 +738,7 @@ fn receive_in_order(raw: &mut Raw, sid: u64, first: u64, last: u64) -> BTreeMap<
         assert_eq!(n, next, "{}: expected message {next}, got {n}", raw.name);
         got.insert(n, envelope.to_vec());
         if n % 50 == 0 || n == last {
-            raw.send(MsgType::MsgRes, sid, format!("OK {n}").as_bytes());
+            raw.send(Ack::TYPE, sid, &Ack { n }.encode());
         }
         next += 1;
     }
@@ -790,11 +804,7 @@ fn a_member_that_stops_reading_is_closed_when_its_queue_fills_and_later_gets_eve
         }
         for e in envelopes {
             let (_, reply) = alice.recv_type(MsgType::MsgRes);
-            let reply = text(&reply);
-            let n = reply
-                .strip_prefix("OK ")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("a bulk message refused: {reply}"));
+            let n = message_number(&reply, "a bulk message");
             sent.insert(n, e);
         }
         rss_peak = rss_peak.max(server.rss_kib());
@@ -812,10 +822,10 @@ fn a_member_that_stops_reading_is_closed_when_its_queue_fills_and_later_gets_eve
     // closed queues a close_req for her, and leaves no invitation pending for her
     // next login. The sessions come from several users, so no creator's own replies
     // overflow its queue of 16.
-    let invite = format!("{}\ncarol\n", key_line());
+    let invite = inviting_carol();
     for f in fanners.iter_mut() {
         for _ in 0..SESSIONS_PER_FANNER {
-            f.send(MsgType::InitReq, 0, invite.as_bytes());
+            f.send(InitReq::TYPE, 0, &invite);
         }
     }
     for f in fanners.iter_mut() {
@@ -905,7 +915,7 @@ fn a_silent_member_that_stops_reading_is_closed_by_the_heartbeat_though_its_writ
             let (_, reply) = alice.recv_type(MsgType::MsgRes);
             assert!(reply.starts_with(b"OK "), "{}", text(&reply));
         }
-        carol.send(MsgType::StatusRes, 0, b"Online");
+        carol.send(Online::TYPE, 0, &Online.encode());
     }
     let carol_addr = carol.stream.local_addr().unwrap();
     let (unsent, _) = tcp_queues(server.addr, carol_addr).expect("the server's socket to carol");
@@ -956,12 +966,12 @@ fn a_user_with_as_many_unanswered_invitations_as_the_queue_holds_still_logs_in()
     let key = server.public_key();
     let mut alice = Raw::login(&server, "alice", PW);
     // Carol is offline: each session goes live at once and her invitation waits.
-    let invite = format!("{}\ncarol\n", key_line());
+    let invite = inviting_carol();
     let mut sids = std::collections::BTreeSet::new();
     for chunk in 0..INVITATIONS.div_ceil(100) {
         let k = (INVITATIONS - chunk * 100).min(100);
         for _ in 0..k {
-            alice.send(MsgType::InitReq, 0, invite.as_bytes());
+            alice.send(InitReq::TYPE, 0, &invite);
         }
         for _ in 0..k {
             let (h, p) = alice.recv_type(MsgType::InitRes);

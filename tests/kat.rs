@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use mpchat::crypto::{self, AeadKey, CryptoError, Direction, RsaPrivate, RsaPublic};
 use mpchat::encoding;
 use mpchat::mtp::{self, Header, MsgType, MtpError, Receiver, Sender};
+use mpchat::proto::{self, ServerMessage};
 
 // ---------------------------------------------------------------------------------
 // Reading the vector files
@@ -546,6 +547,59 @@ fn frame_reject_vectors_are_dropped_for_the_named_reason() {
         .map(|s| s.to_string())
         .collect();
     coverage("frame_reject", "expect", &expects, &wanted);
+}
+
+/// Frame vectors whose payloads are filler for MTP checks (a rekey boundary, the two
+/// directions of one nonce), not messages of the protocol.
+const MTP_ONLY_FRAMES: &[&str] = &[
+    "sqn_ffff_sid_uid_max_c2s",
+    "sqn_ffff_s2c",
+    "same_fields_other_direction_c2s",
+    "same_fields_other_direction_s2c",
+    "max_frame",
+];
+
+/// Decodes a frame vector's payload with the proto type its direction and type name,
+/// and encodes it again.
+fn proto_round_trip(dir: Direction, header: &Header, payload: &[u8]) -> Result<Vec<u8>, String> {
+    let limit = mpchat::session::DEFAULT_MAX_PARTICIPANTS;
+    let bad = |e: proto::Malformed| e.to_string();
+    if dir == Direction::ServerToClient {
+        return ServerMessage::decode(header, payload)
+            .map(|m| m.encode())
+            .map_err(bad);
+    }
+    Ok(match header.typ {
+        MsgType::InitReq => proto::InitReq::decode(payload, limit)
+            .map_err(|r| format!("refused: {r}"))?
+            .encode(),
+        MsgType::InviteRes => proto::InviteRes::decode(payload).map_err(bad)?.encode(),
+        MsgType::MsgReq => proto::MsgReq::decode(payload).encode(),
+        MsgType::MsgRes => proto::Ack::decode(payload).map_err(bad)?.encode(),
+        MsgType::CloseReq => proto::CloseReq::decode(payload).map_err(bad)?.encode(),
+        MsgType::StatusReq => proto::StatusReq::decode(payload).map_err(bad)?.encode(),
+        MsgType::StatusRes => proto::Online::decode(payload).map_err(bad)?.encode(),
+        other => return Err(format!("{other:?} is never sent by a client")),
+    })
+}
+
+#[test]
+fn frame_vector_payloads_decode_through_proto_and_encode_to_the_same_bytes() {
+    for_each("frame", |b| {
+        if MTP_ONLY_FRAMES.contains(&b.name.as_str()) {
+            return Ok(());
+        }
+        let header = Header {
+            typ: b.typ()?,
+            len: 0,
+            sqn: b.u16("sqn")?,
+            sid: b.u64("sid")?,
+            uid: b.u64("uid")?,
+        };
+        let payload = b.hex("payload")?;
+        let again = proto_round_trip(b.direction()?, &header, &payload)?;
+        same("proto encode(decode(payload))", &again, &payload)
+    });
 }
 
 // ---------------------------------------------------------------------------------

@@ -18,10 +18,14 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{assert_back_to, wait_for_log, Raw, Server, WAIT};
+use common::{assert_back_to, key_line, session, text, wait_for_log, Raw, Server, WAIT};
 use mpchat::crypto::{AeadKey, Direction, Nonce, RsaPrivate, RsaPublic};
+use mpchat::encoding::id_hex;
 use mpchat::login::{ClientLogin, Established, ExpectLoginRes};
 use mpchat::mtp::{self, Header, MsgType, Sender, HEADER_LEN, LAST_SQN, MIN_FRAME_LEN, VERSION};
+use mpchat::proto::{
+    Answer, CloseReq, InitReq, InviteRes, MsgReq, Online, Presence, StatusReq, StatusRes,
+};
 
 /// A generous upper bound for something that must happen at once (a rejection, a
 /// refusal over a cap) or after a one-second timer.
@@ -916,7 +920,7 @@ fn a_heartbeat_answered_keeps_the_connection_and_one_unanswered_closes_it() {
             "heartbeat {round}: {h:?}"
         );
         assert!(payload.is_empty(), "heartbeat {round} payload {payload:?}");
-        alice.send(MsgType::StatusRes, 0, b"Online");
+        alice.send(Online::TYPE, 0, &Online.encode());
     }
     // Any traffic counts, not only answers: a request after a heartbeat is served.
     let (h, _) = recv(&mut alice, "heartbeat 3");
@@ -934,7 +938,7 @@ fn a_heartbeat_answered_keeps_the_connection_and_one_unanswered_closes_it() {
     let mut bob = Raw::login(&server, "bob", PW);
     let (h, _) = recv(&mut bob, "bob's heartbeat");
     assert_eq!(h.typ, MsgType::StatusReq);
-    bob.send(MsgType::StatusRes, 0, b"Online");
+    bob.send(Online::TYPE, 0, &Online.encode());
     assert_status_answered(&mut bob, "bob");
     assert_fresh_login_works(&mut server, "alice");
 }
@@ -1038,4 +1042,167 @@ fn the_server_to_client_key_is_replaced_after_sqn_0xffff() {
     );
     assert_status_answered(&mut alice, "alice after the rekey");
     assert_fresh_login_works(&mut server, "alice");
+}
+
+/// Sends a request of `typ` on `sid` and returns the header and payload of the first
+/// frame of `reply` type, skipping pushed status_res frames (`OK\n...`), which look
+/// exactly like replies.
+fn ask(raw: &mut Raw, typ: MsgType, sid: u64, payload: &[u8], reply: MsgType) -> (Header, String) {
+    raw.send(typ, sid, payload);
+    loop {
+        let (h, p) = raw.recv_type(reply);
+        if reply == MsgType::StatusRes && p.starts_with(b"OK\n") && typ != MsgType::StatusReq {
+            continue;
+        }
+        return (h, text(&p));
+    }
+}
+
+#[test]
+fn replies_echo_the_sid_of_their_request_errors_included() {
+    let server = Server::start(&["--invite-wait", "5"]);
+    server.add_user("alice", PW);
+    server.add_user("bob", PW);
+    let mut alice = Raw::login(&server, "alice", PW);
+    let mut bob = Raw::login(&server, "bob", PW);
+    let unknown = 0x1234_5678_9abc_def0;
+    let refusals = [
+        (MsgType::MsgReq, &b"x"[..], MsgType::MsgRes),
+        (MsgType::CloseReq, b"", MsgType::CloseRes),
+        (MsgType::StatusReq, b"", MsgType::StatusRes),
+    ];
+    for (typ, payload, reply) in refusals {
+        let (h, p) = ask(&mut alice, typ, unknown, payload, reply);
+        assert_eq!(
+            (h.sid, h.uid, p.as_str()),
+            (unknown, 0, "error: not a participant"),
+            "{typ:?} on an unknown sid"
+        );
+    }
+
+    let sid = session(&mut alice, &mut [&mut bob]);
+    let (h, p) = ask(&mut bob, CloseReq::TYPE, sid, b"", MsgType::CloseRes);
+    assert_eq!(
+        (h.sid, p.as_str()),
+        (sid, "error: only the creator can close")
+    );
+    let (h, p) = ask(&mut alice, MsgReq::TYPE, sid, b"", MsgType::MsgRes);
+    assert_eq!((h.sid, p.as_str()), (sid, "error: empty message"));
+    let (h, p) = ask(&mut alice, MsgReq::TYPE, sid, b"hi", MsgType::MsgRes);
+    assert_eq!((h.sid, p.as_str()), (sid, "OK 1"));
+    let (h, p) = ask(&mut alice, CloseReq::TYPE, sid, b"", MsgType::CloseRes);
+    assert_eq!((h.sid, p.as_str()), (sid, "OK"));
+    // The go-live push may still be queued before this reply: skip status lines.
+    alice.send(StatusReq::TYPE, sid, &StatusReq.encode());
+    let (h, p) = loop {
+        let (h, p) = alice.recv_type(MsgType::StatusRes);
+        if !p.starts_with(b"OK\n") {
+            break (h, text(&p));
+        }
+    };
+    assert_eq!((h.sid, p.as_str()), (sid, "error: session closed"));
+    let (h, p) = ask(&mut alice, MsgReq::TYPE, sid, b"x", MsgType::MsgRes);
+    assert_eq!((h.sid, p.as_str()), (sid, "error: session closed"));
+
+    // init_res is the exception the design makes: an error always carries sid 0.
+    let init = InitReq {
+        key: key_line().to_string(),
+        invitees: vec!["bob".into()],
+    };
+    let (h, p) = ask(
+        &mut alice,
+        InitReq::TYPE,
+        0x77,
+        &init.encode(),
+        MsgType::InitRes,
+    );
+    assert_eq!(
+        (h.sid, p.as_str()),
+        (0, "error: sid must be 0 in an init request")
+    );
+}
+
+/// The status of `sid` as `raw` sees it, from a status_res payload; and carol's line.
+fn carol_in(sid: u64, payload: &[u8], carol: u64) -> (Presence, String) {
+    let Ok(StatusRes::Session(st)) = StatusRes::decode(sid, payload) else {
+        panic!("not a session status: {}", text(payload));
+    };
+    let c = st.participant(carol).expect("carol is listed");
+    assert_eq!(c.answer, Answer::Declined);
+    let line = text(payload)
+        .lines()
+        .find(|l| l.starts_with("carol "))
+        .expect("carol's line")
+        .to_string();
+    (c.presence, line)
+}
+
+#[test]
+fn a_decliner_shows_no_presence_whether_online_or_offline() {
+    let server = Server::start(&["--invite-wait", "5"]);
+    server.add_user("alice", PW);
+    server.add_user("bob", PW);
+    let carol_uid = server.add_user("carol", PW);
+    let mut alice = Raw::login(&server, "alice", PW);
+    let mut bob = Raw::login(&server, "bob", PW);
+    let mut carol = Raw::login(&server, "carol", PW);
+    let init = InitReq {
+        key: key_line().to_string(),
+        invitees: vec!["bob".into(), "carol".into()],
+    };
+    alice.send(InitReq::TYPE, 0, &init.encode());
+    let (h, _) = bob.recv_type(MsgType::InviteReq);
+    let sid = h.sid;
+    assert_eq!(carol.recv_type(MsgType::InviteReq).0.sid, sid);
+    carol.send(InviteRes::TYPE, sid, &InviteRes::Deny.encode());
+    let accept = InviteRes::Accept(key_line().to_string());
+    bob.send(InviteRes::TYPE, sid, &accept.encode());
+    let (h, p) = alice.recv_type(MsgType::InitRes);
+    assert_eq!((h.sid, text(&p).as_str()), (sid, "OK"));
+    let want = format!("carol {} declined - 0", id_hex(carol_uid));
+
+    // Carol is online. The go-live push (to alice and bob) and alice's own status
+    // reply both hide her presence.
+    let (_, pushed) = bob.recv_type(MsgType::StatusRes);
+    assert_eq!(
+        carol_in(sid, &pushed, carol_uid),
+        (Presence::Hidden, want.clone())
+    );
+    alice.send(StatusReq::TYPE, sid, &StatusReq.encode());
+    for what in ["the push", "the reply"] {
+        let (h, p) = alice.recv_type(MsgType::StatusRes);
+        assert_eq!(h.sid, sid, "{what}");
+        assert_eq!(
+            carol_in(sid, &p, carol_uid),
+            (Presence::Hidden, want.clone()),
+            "{what}"
+        );
+    }
+
+    // Carol goes offline: still `-`, while bob's presence is shown.
+    drop(carol);
+    wait_for_log(&server, "carol's disconnection", |l| {
+        l.contains("carol disconnected")
+    });
+    alice.send(StatusReq::TYPE, sid, &StatusReq.encode());
+    let (_, p) = alice.recv_type(MsgType::StatusRes);
+    assert_eq!(carol_in(sid, &p, carol_uid), (Presence::Hidden, want));
+    let Ok(StatusRes::Session(st)) = StatusRes::decode(sid, &p) else {
+        unreachable!("checked by carol_in");
+    };
+    assert_eq!(
+        st.participant(bob.uid).map(|b| b.presence),
+        Some(Presence::Online)
+    );
+
+    // And a heartbeat answer built by proto is still what the server takes.
+    alice.send(Online::TYPE, 0, &Online.encode());
+    alice.send(StatusReq::TYPE, 0, &StatusReq.encode());
+    let (h, p) = alice.recv_type(MsgType::StatusRes);
+    assert_eq!(h.sid, 0);
+    assert_eq!(
+        text(&p),
+        format!("OK\n{} live alice\n", id_hex(sid)),
+        "the listing after an unasked Online"
+    );
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mpchat::crypto::{RsaPrivate, RsaPublic};
 use mpchat::login::{ClientLogin, Established};
 use mpchat::mtp::{self, Header, MsgType};
+use mpchat::proto::{InitReq, InviteRes};
 
 /// PBKDF2 iterations for test accounts: low, so logins are cheap in tests.
 pub const TEST_ITERATIONS: u32 = 1_000;
@@ -499,21 +500,17 @@ pub fn text(p: &[u8]) -> String {
 
 /// `a` creates a session with `others`, who all accept; returns its sid.
 pub fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
-    let names: Vec<String> = others.iter().map(|r| r.name.clone()).collect();
-    a.send(
-        MsgType::InitReq,
-        0,
-        format!("{}\n{}\n", key_line(), names.join("\n")).as_bytes(),
-    );
+    let init = InitReq {
+        key: key_line().to_string(),
+        invitees: others.iter().map(|r| r.name.clone()).collect(),
+    };
+    a.send(InitReq::TYPE, 0, &init.encode());
     let mut sid = 0;
     for o in others.iter_mut() {
         let (h, _) = o.recv_type(MsgType::InviteReq);
         sid = h.sid;
-        o.send(
-            MsgType::InviteRes,
-            sid,
-            format!("Accept\n{}", key_line()).as_bytes(),
-        );
+        let accept = InviteRes::Accept(key_line().to_string());
+        o.send(InviteRes::TYPE, sid, &accept.encode());
     }
     let (h, p) = a.recv_type(MsgType::InitRes);
     assert_eq!(text(&p), "OK");
