@@ -30,6 +30,41 @@
 //! exactly like a reply to status_req (uid 0, the session's sid); treat both as the
 //! session's current state.
 //!
+//! A client's core, in short (every server frame goes through one `decode`; every
+//! request is a value with a `TYPE` and an `encode`):
+//!
+//! ```
+//! use mpchat::mtp::{Header, MsgType};
+//! use mpchat::proto::{
+//!     Ack, Answer, InviteRes, Malformed, Online, Presence, Reason, ServerMessage, StatusRes,
+//! };
+//!
+//! /// What to send back for one frame from the server: `(type, sid, payload)`.
+//! fn react(h: &Header, payload: &[u8]) -> Result<Vec<(MsgType, u64, Vec<u8>)>, Malformed> {
+//!     Ok(match ServerMessage::decode(h, payload)? {
+//!         ServerMessage::Heartbeat => vec![(Online::TYPE, 0, Online.encode())],
+//!         ServerMessage::Delivery(d) => {
+//!             // ... open d.envelope, show it, persist, then acknowledge:
+//!             vec![(Ack::TYPE, h.sid, Ack { n: d.n }.encode())]
+//!         }
+//!         ServerMessage::Status(StatusRes::Session(st)) => {
+//!             for p in &st.participants {
+//!                 let _joined = p.answer == Answer::Accepted; // p.key is Some exactly then
+//!                 let _hidden = p.presence == Presence::Hidden; // a decliner
+//!             }
+//!             vec![]
+//!         }
+//!         ServerMessage::Status(StatusRes::Error(Reason::SessionClosed)) => vec![],
+//!         _ => vec![],
+//!     })
+//! }
+//!
+//! let h = Header { typ: MsgType::StatusReq, len: 36, sqn: 2, sid: 0, uid: 0 };
+//! assert_eq!(react(&h, b"").unwrap(), vec![(MsgType::StatusRes, 0, b"Online".to_vec())]);
+//! let accept = InviteRes::Accept("MIIBIjAN...".into()).encode();
+//! assert!(accept.starts_with(b"Accept\n"));
+//! ```
+//!
 //! This module must never do I/O, verify or parse keys (a public key is text here:
 //! the caller checks it is an RSA key), allocate for a size a peer chose before that
 //! size is checked against its named bound, or accept anything the design does not
