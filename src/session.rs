@@ -257,8 +257,8 @@ impl Record {
     }
 }
 
-/// Parses an acknowledgement `OK <n>`. Kept for `src/bench.rs` until it moves out of
-/// the library; new code uses [`crate::proto::Ack::decode`].
+/// Parses an acknowledgement `OK <n>`. Kept for `bin/mpchat-bench` until it switches to
+/// [`crate::proto`]; new code uses [`crate::proto::Ack::decode`].
 pub fn parse_ack(payload: &[u8]) -> Option<u64> {
     crate::proto::Ack::decode(payload).ok().map(|a| a.n)
 }
