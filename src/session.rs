@@ -257,12 +257,6 @@ impl Record {
     }
 }
 
-/// Parses an acknowledgement `OK <n>`. Kept for `bin/mpchat-bench` until it switches to
-/// [`crate::proto`]; new code uses [`crate::proto::Ack::decode`].
-pub fn parse_ack(payload: &[u8]) -> Option<u64> {
-    crate::proto::Ack::decode(payload).ok().map(|a| a.n)
-}
-
 /// Every session, the closed sids, and an index from user to sessions.
 #[derive(Debug, Default, Clone)]
 pub struct Sessions {
@@ -954,13 +948,5 @@ mod tests {
              userb 000000000000000b invited online 0\n\
              userc 000000000000000c declined - 0\n"
         );
-    }
-
-    #[test]
-    fn acks_parse_strictly_for_the_benchmark() {
-        assert_eq!(parse_ack(b"OK 7"), Some(7));
-        assert_eq!(parse_ack(b"OK 07"), None);
-        assert_eq!(parse_ack(b"OK"), None);
-        assert_eq!(parse_ack(b"error: x"), None);
     }
 }

@@ -21,6 +21,9 @@ use mpchat::accounts::{self, Account, Accounts, PasswordHash};
 use mpchat::crypto::{self, RsaPrivate, RsaPublic};
 use mpchat::login::ClientLogin;
 use mpchat::mtp::{self, Header, MsgType};
+use mpchat::proto::{
+    Ack, Answer, Delivery, InitReq, InitRes, InviteRes, MsgRes, Online, StatusRes,
+};
 use mpchat::{e2e, fsutil};
 
 use crate::error::{fail, lock, BenchError, Ctx};
@@ -344,7 +347,7 @@ impl MpConn {
                 .open(self.framer.get(r))
                 .ctx(|| "frame from mpchatd".to_string())?;
             if h.typ == MsgType::StatusReq && h.sid == 0 {
-                self.send(MsgType::StatusRes, 0, b"Online")?;
+                self.send(Online::TYPE, 0, &Online.encode())?;
                 continue;
             }
             return Ok(Some((h, p)));
@@ -380,13 +383,17 @@ impl MpConn {
     }
 }
 
-/// How many participants a status payload lists as `accepted`.
-pub fn accepted_in_status(payload: &[u8]) -> usize {
-    String::from_utf8_lossy(payload)
-        .lines()
-        .skip(2)
-        .filter(|l| l.split(' ').nth(2) == Some("accepted"))
-        .count()
+/// How many participants a session's status payload lists as `accepted` (0 for
+/// anything else).
+pub fn accepted_in_status(sid: u64, payload: &[u8]) -> usize {
+    match StatusRes::decode(sid, payload) {
+        Ok(StatusRes::Session(st)) => st
+            .participants
+            .iter()
+            .filter(|p| p.answer == Answer::Accepted)
+            .count(),
+        _ => 0,
+    }
 }
 
 /// Keys for the relay's end-to-end envelopes.
@@ -469,7 +476,11 @@ fn session(
     conns[0].send(
         MsgType::InitReq,
         0,
-        format!("{key_line}\n{}\n", names.join("\n")).as_bytes(),
+        &InitReq {
+            key: key_line.clone(),
+            invitees: names.iter().map(|n| n.to_string()).collect(),
+        }
+        .encode(),
     )?;
     let mut sid = 0;
     for c in conns[1..].iter_mut() {
@@ -478,11 +489,11 @@ fn session(
         c.send(
             MsgType::InviteRes,
             sid,
-            format!("Accept\n{key_line}").as_bytes(),
+            &InviteRes::Accept(key_line.clone()).encode(),
         )?;
     }
     let (h, p) = conns[0].next_of(MsgType::InitRes, deadline)?;
-    if p != b"OK" || h.sid != sid {
+    if InitRes::decode(&p) != Ok(InitRes::Ok) || h.sid != sid {
         return Err(fail(format!(
             "init_res {:?} for sid {:016x}",
             String::from_utf8_lossy(&p),
@@ -493,7 +504,7 @@ fn session(
     for c in conns.iter_mut() {
         loop {
             let (h, p) = c.next_of(MsgType::StatusRes, deadline)?;
-            if h.sid == sid && accepted_in_status(&p) == size {
+            if h.sid == sid && accepted_in_status(sid, &p) == size {
                 break;
             }
         }
@@ -593,12 +604,12 @@ impl AckSide for MpAcks {
                 .open(self.framer.get(r))
                 .ctx(|| "frame from mpchatd".to_string())?;
             match h.typ {
-                MsgType::MsgRes if h.sid == self.sid => match mpchat::session::parse_ack(&p) {
-                    Some(n) => on(n, true),
-                    None => on(0, false),
+                MsgType::MsgRes if h.sid == self.sid => match MsgRes::decode(&p) {
+                    Ok(MsgRes::Ok(n)) => on(n, true),
+                    _ => on(0, false),
                 },
                 MsgType::StatusReq if h.sid == 0 => {
-                    lock(&self.w).send(MsgType::StatusRes, 0, b"Online")?
+                    lock(&self.w).send(Online::TYPE, 0, &Online.encode())?
                 }
                 _ => {}
             }
@@ -656,23 +667,19 @@ impl RecvSide for MpRecv {
             if h.typ != MsgType::MsgReq || h.sid != self.sid {
                 continue; // status pushes and the like
             }
-            let Some(prefix) = p.get(..8) else {
+            let Ok(Delivery { n, envelope }) = Delivery::decode(&p) else {
                 on(0, false);
                 continue;
             };
-            let n = u64::from_be_bytes(prefix.try_into().map_err(|_| fail("8 bytes"))?);
             let expected = &self.pool[(n % self.pool.len() as u64) as usize];
-            on(n, h.uid == self.author && p[8..] == expected[..]);
+            on(n, h.uid == self.author && envelope == &expected[..]);
             self.last = self.last.max(n);
         }
         // Acknowledge what we hold before waiting for more, as a client would: one
         // cumulative ack per read.
         if self.last > self.acked {
-            self.conn.send(
-                MsgType::MsgRes,
-                self.sid,
-                format!("OK {}", self.last).as_bytes(),
-            )?;
+            self.conn
+                .send(Ack::TYPE, self.sid, &Ack { n: self.last }.encode())?;
             self.acked = self.last;
         }
         Ok(Polled::Data)
@@ -720,6 +727,7 @@ mod tests {
     #[test]
     fn status_payload_acceptances_are_counted() {
         let p = b"OK\nlive alice\nalice 00000000000000aa accepted online 0 KEY\nbob 00000000000000bb invited online 0\ncarol 00000000000000cc accepted offline 3 KEY\n";
-        assert_eq!(accepted_in_status(p), 2);
+        assert_eq!(accepted_in_status(7, p), 2);
+        assert_eq!(accepted_in_status(0, p), 0, "not a session's status");
     }
 }
