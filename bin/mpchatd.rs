@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use mpchat::accounts;
 use mpchat::cli::{self, Arg, Failure, UsageError};
-use mpchat::server::{self, Config, Server};
+use mpchat::server::{self, Config, RunError, Server};
 
 const USAGE: &str = "\
 usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
@@ -120,13 +120,21 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             _ => unreachable!("cli::parse only returns listed options"),
         }
     }
-    let server = Server::bind(config).map_err(|e| Failure::Runtime(e.0))?;
+    let server = Server::bind(config).map_err(|e| Failure::Runtime(e.to_string()))?;
     let addr = server
         .local_addr()
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     println!("listening on {addr}");
     let _ = io::stdout().flush();
-    server.run().map_err(|e| Failure::Runtime(e.0))
+    match server.run() {
+        // A server that could not start a thread says so like any start-up failure.
+        stop @ RunError::Thread { .. } => Err(Failure::Runtime(stop.to_string())),
+        // Once it serves, what it has to say goes to its log, this last line too.
+        stop => {
+            log::error!("{stop}");
+            Err(Failure::Logged)
+        }
+    }
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default>(

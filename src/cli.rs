@@ -39,6 +39,9 @@ pub enum Failure {
     Usage(String),
     /// Something went wrong while running.
     Runtime(String),
+    /// Something went wrong while running and the program's log already says what
+    /// (a server that stops while serving): exit 1 with no further message.
+    Logged,
 }
 
 impl From<UsageError> for Failure {
@@ -60,6 +63,7 @@ pub fn exit_status(program: &str, result: Result<(), Failure>) -> std::process::
             eprintln!("{program}: {msg}");
             ExitCode::from(EXIT_FAILURE)
         }
+        Err(Failure::Logged) => ExitCode::from(EXIT_FAILURE),
     }
 }
 

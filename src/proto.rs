@@ -218,6 +218,9 @@ pub enum Reason {
     InitNotUtf8,
     /// `sid must be 0 in an init request`.
     InitSidNotZero,
+    /// `the server could not draw a session id; try again`: the system's random number
+    /// generator failed (or every sid drawn was in use, which is astronomically rare).
+    NoFreshSid,
     /// `the server could not store this...`: the request's record could not be
     /// written; nothing of it happened (see [`NotStored`]).
     NotStored(NotStored),
@@ -241,7 +244,7 @@ pub enum NotStored {
 }
 
 /// The reasons without parameters, for decoding by exact match.
-const UNIT_REASONS: [Reason; 20] = [
+const UNIT_REASONS: [Reason; 21] = [
     Reason::NotAParticipant,
     Reason::SessionClosed,
     Reason::NotLive,
@@ -258,6 +261,7 @@ const UNIT_REASONS: [Reason; 20] = [
     Reason::EmptyInviteeLine,
     Reason::InitNotUtf8,
     Reason::InitSidNotZero,
+    Reason::NoFreshSid,
     Reason::NotStored(NotStored::TryAgain),
     Reason::NotStored(NotStored::DiskFull),
     Reason::NotStored(NotStored::StorageLimit),
@@ -284,6 +288,7 @@ impl Reason {
             Reason::EmptyInviteeLine => "empty line in invitee list",
             Reason::InitNotUtf8 => "init request is not UTF-8",
             Reason::InitSidNotZero => "sid must be 0 in an init request",
+            Reason::NoFreshSid => "the server could not draw a session id; try again",
             Reason::NotStored(NotStored::TryAgain) => "the server could not store this; try again",
             Reason::NotStored(NotStored::DiskFull) => "the server could not store this (disk full)",
             Reason::NotStored(NotStored::StorageLimit) => {

@@ -7,6 +7,12 @@
 //! caller closes it after releasing the lock (its messages stay stored and are
 //! delivered again after its next login). Message delivery itself is pulled from the
 //! store by each connection's writer thread after a [`Out::Wake`].
+//!
+//! It must never touch a disk, a socket or a random number generator: everything it
+//! needs from outside (fresh sids, the state read back from disk after a failed
+//! write) is prepared by the caller before taking the lock. It must never answer a
+//! request from state that was not stored: while [`Registry::suspend`] is in force
+//! every request is refused.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +21,10 @@ use std::sync::Arc;
 use crate::mtp::MsgType;
 use crate::outbox::{Outbox, SendError};
 use crate::proto::{
-    Answer, CloseReq, CloseRes, InitRes, InviteRes, MsgRes, Reason, StatusReq, StatusRes,
+    Answer, CloseReq, CloseRes, InitRes, InviteRes, MsgRes, NotStored, Reason, StatusReq, StatusRes,
 };
 use crate::session::{Record, Sessions};
+use crate::store::Snapshot;
 
 /// Something for a connection's writer thread to do. Small (a pointer and a tag), so
 /// a full queue of them costs little.
@@ -130,7 +137,7 @@ pub struct Followup {
 #[derive(Debug)]
 pub struct Registry {
     /// All session state.
-    pub sessions: Sessions,
+    sessions: Sessions,
     online: HashMap<u64, Conn>,
     /// For pending sessions: invitees online at creation who have not answered.
     waiting: HashMap<u64, HashSet<u64>>,
@@ -143,6 +150,9 @@ pub struct Registry {
     /// Bumped when the state is reset after a storage failure; batches planned under
     /// an older epoch are refused rather than stored.
     epoch: u64,
+    /// Storage failed and the state on disk is being read back: `sessions` may hold
+    /// changes that were never stored, so nothing is answered or delivered from it.
+    suspended: bool,
 }
 
 impl Registry {
@@ -156,6 +166,7 @@ impl Registry {
             pending: Pending::default(),
             next_lsn: last_lsn + 1,
             epoch: 0,
+            suspended: false,
         }
     }
 
@@ -179,19 +190,57 @@ impl Registry {
         self.next_lsn - 1
     }
 
-    /// Replaces the session state (after storage failed, with what is on disk) and
-    /// continues numbering after `last_lsn`. Pending invite waits are dropped: those
-    /// sessions go live at once, as after a restart.
+    /// The session state as of [`Registry::last_lsn`], for a snapshot written outside
+    /// the lock (cheap: envelopes are shared, not copied).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::capture(self.last_lsn(), &self.sessions)
+    }
+
+    /// Storage failed: until [`Registry::reset`] puts back what is on disk, every
+    /// request is refused with
+    /// `the server could not store this; try again` (or, if it has no reply, ignored),
+    /// invite waits do not end and writers find nothing to deliver. The caller can
+    /// then read the disk without holding the lock, and nobody is answered from
+    /// state that was not stored in the meantime. (The server goes further: its
+    /// request handlers wait for the reset rather than be refused.)
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+    }
+
+    /// Whether the registry is suspended (see [`Registry::suspend`]).
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// Replaces the session state (after storage failed, with what is on disk),
+    /// continues numbering after `last_lsn` and ends a suspension. Batches planned
+    /// before are refused (the epoch changes). Pending invite waits are dropped: those
+    /// sessions go live at once, as after a restart. Every online user's writer is
+    /// woken, since deliveries were held back while suspended.
     pub fn reset(&mut self, mut sessions: Sessions, last_lsn: u64) {
         sessions.mark_all_durable();
         self.sessions = sessions;
         self.next_lsn = last_lsn + 1;
         self.pending = Pending::default();
         self.epoch += 1;
+        self.suspended = false;
         self.waiting.clear();
         for sid in self.pending_sessions() {
             self.go_live(sid);
         }
+        let online: Vec<u64> = self.online.keys().copied().collect();
+        for uid in online {
+            self.wake(uid);
+        }
+    }
+
+    /// While suspended, refuses a request that has a reply and returns `true`.
+    fn refused_while_suspended(&mut self, from: Requester, typ: MsgType, sid: u64) -> bool {
+        if self.suspended {
+            let reason = Reason::NotStored(NotStored::TryAgain);
+            self.reply(from, typ, sid, reason.encode_error());
+        }
+        self.suspended
     }
 
     /// Whether `uid` has a connection.
@@ -318,6 +367,9 @@ impl Registry {
     /// Sessions to which `uid` is invited and has not answered, as `(sid, creator)`, in
     /// sid order. Writer threads pull invitations from here.
     pub fn pending_invites(&self, uid: u64) -> Vec<(u64, u64)> {
+        if self.suspended {
+            return Vec::new();
+        }
         self.sessions
             .sessions_of(uid)
             .filter(|s| {
@@ -356,6 +408,10 @@ impl Registry {
 
     /// Makes a pending session live: init_res to the creator, then the status push.
     pub fn go_live(&mut self, sid: u64) {
+        if self.suspended {
+            // The reset that ends the suspension makes every pending session live.
+            return;
+        }
         self.waiting.remove(&sid);
         let Some(s) = self.sessions.get(sid) else {
             return;
@@ -373,19 +429,30 @@ impl Registry {
     }
 
     /// init_req, already parsed, names resolved and the key checked by the caller
-    /// (outside the lock). `fresh_sid` draws random candidate sids.
+    /// (outside the lock). `candidate_sids` are random sids the caller drew outside
+    /// the lock; the first one never issued becomes the session's. If there is none
+    /// (the random number generator failed, or every candidate is in use) the request
+    /// is refused with [`Reason::NoFreshSid`]: never a loop under the lock.
     pub fn init(
         &mut self,
         from: Requester,
         creator_name: String,
         creator_key: String,
         invitees: Vec<(u64, String)>,
-        mut fresh_sid: impl FnMut() -> u64,
+        candidate_sids: &[u64],
     ) -> Followup {
-        let mut sid = fresh_sid();
-        while self.sessions.is_used(sid) {
-            sid = fresh_sid();
+        if self.refused_while_suspended(from, MsgType::InitRes, 0) {
+            return Followup::default();
         }
+        let fresh = candidate_sids
+            .iter()
+            .copied()
+            .find(|&sid| !self.sessions.is_used(sid));
+        let Some(sid) = fresh else {
+            let refusal = InitRes::Error(Reason::NoFreshSid);
+            self.reply(from, MsgType::InitRes, 0, refusal.encode());
+            return Followup::default();
+        };
         let rec = match self.sessions.plan_init(
             sid,
             (from.uid, creator_name),
@@ -421,6 +488,9 @@ impl Registry {
 
     /// invite_res (its key, if any, already checked by the caller). No reply.
     pub fn answer(&mut self, from: Requester, sid: u64, answer: InviteRes) {
+        if self.suspended {
+            return;
+        }
         let Some(rec) = self.sessions.plan_answer(sid, from.uid, answer) else {
             return;
         };
@@ -447,6 +517,9 @@ impl Registry {
     /// msg_req: numbers and stores the envelope, replies `OK <n>` and wakes the online
     /// recipients. Returns the number, if accepted.
     pub fn message(&mut self, from: Requester, sid: u64, envelope: &[u8]) -> Option<u64> {
+        if self.refused_while_suspended(from, MsgType::MsgRes, sid) {
+            return None;
+        }
         match self.sessions.plan_message(sid, from.uid, envelope) {
             Ok(rec) => {
                 let Record::Message { n, .. } = rec else {
@@ -482,6 +555,9 @@ impl Registry {
 
     /// A recipient's acknowledgement `OK <n>`. No reply.
     pub fn ack(&mut self, from: Requester, sid: u64, n: u64) {
+        if self.suspended {
+            return;
+        }
         if let Some(rec) = self.sessions.plan_ack(sid, from.uid, n) {
             self.commit(rec);
         }
@@ -490,6 +566,9 @@ impl Registry {
     /// close_req: by the creator only; notices to every other online participant and
     /// online invitee still to answer.
     pub fn close(&mut self, from: Requester, sid: u64) {
+        if self.refused_while_suspended(from, MsgType::CloseRes, sid) {
+            return;
+        }
         let rec = match self.sessions.plan_close(sid, from.uid) {
             Ok(rec) => rec,
             Err(reason) => {
@@ -528,6 +607,9 @@ impl Registry {
     /// status_req: the listing (sid 0) or one session's status; the reply carries the
     /// request's sid, an error too.
     pub fn status(&mut self, from: Requester, sid: u64) {
+        if self.refused_while_suspended(from, MsgType::StatusRes, sid) {
+            return;
+        }
         let res = if sid == 0 {
             StatusRes::Listing(self.sessions.listing(from.uid))
         } else {
@@ -553,6 +635,9 @@ impl Registry {
     /// `(n, author, envelope)`; `None` if `uid` is not an accepted participant of a
     /// live session there. Used by writer threads to pull deliveries.
     pub fn pending_for(&self, uid: u64, sid: u64, after: u64, max: usize) -> Option<Vec<Delivery>> {
+        if self.suspended {
+            return None;
+        }
         let s = self.sessions.get(sid)?;
         if !s.live || s.participant(uid)?.answer != Answer::Accepted {
             return None;
@@ -568,6 +653,9 @@ impl Registry {
     /// The sessions in which `uid` is an accepted participant, with its acknowledgement
     /// point in each (where a new writer starts delivering).
     pub fn delivery_points(&self, uid: u64) -> Vec<(u64, u64)> {
+        if self.suspended {
+            return Vec::new();
+        }
         self.sessions
             .sessions_of(uid)
             .filter(|s| s.live)
