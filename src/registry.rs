@@ -667,3 +667,593 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The registry driven in memory: fake connections are the registry's own
+    //! [`Conn`] with an [`Outbox`] whose other end the test reads, and "storing" is
+    //! what the journal thread does after a good write (mark durable, carry out).
+
+    use super::*;
+    use crate::outbox::{outbox, Inbox};
+    use crate::session::Limits;
+
+    /// The refusal of a request that cannot be stored (or comes while suspended).
+    const TRY_AGAIN: Reason = Reason::NotStored(NotStored::TryAgain);
+
+    const A: u64 = 0xa;
+    const B: u64 = 0xb;
+    const C: u64 = 0xc;
+    const SID: u64 = 0x5151;
+    const SID2: u64 = 0x5252;
+
+    /// One fake connection: what the writer thread would read, and whether the
+    /// registry had it closed.
+    struct Fake {
+        me: Requester,
+        inbox: Inbox<Out>,
+        wake_pending: Arc<AtomicBool>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        /// What the writer would take from the queue, as `TYPE SID UID PAYLOAD` lines
+        /// (ids in hex) and `wake`; taking a wake clears the flag, as the writer does.
+        fn drain(&self) -> Vec<String> {
+            let mut got = Vec::new();
+            while let Some(out) = self.inbox.try_recv() {
+                match out {
+                    Out::Frame(f) => got.push(format!(
+                        "{:?} {:x} {:x} {}",
+                        f.typ,
+                        f.sid,
+                        f.uid,
+                        String::from_utf8_lossy(&f.payload)
+                    )),
+                    Out::Wake => {
+                        self.wake_pending.store(false, Ordering::Release);
+                        got.push("wake".into());
+                    }
+                }
+            }
+            got
+        }
+
+        fn is_closed(&self) -> bool {
+            self.closed.load(Ordering::Acquire)
+        }
+    }
+
+    /// A registry with nobody online, over empty state.
+    fn registry() -> Registry {
+        Registry::new(Sessions::new(Limits::default()), 0)
+    }
+
+    /// Logs `uid` in on connection `id` with a queue of `queue` items, and carries
+    /// out the login (its wake).
+    fn connect(reg: &mut Registry, uid: u64, id: u64, queue: usize) -> Fake {
+        let (tx, inbox) = outbox(queue);
+        let closed = Arc::new(AtomicBool::new(false));
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        reg.login(
+            uid,
+            Conn {
+                id,
+                tx,
+                wake_pending: wake_pending.clone(),
+                close: Box::new(move || flag.store(true, Ordering::Release)),
+            },
+        );
+        let fake = Fake {
+            me: Requester { uid, conn: id },
+            inbox,
+            wake_pending,
+            closed,
+        };
+        store(reg);
+        fake
+    }
+
+    /// What the journal thread does once a group is on disk: returns the records.
+    fn store(reg: &mut Registry) -> Vec<Record> {
+        let pending = reg.take_pending();
+        reg.mark_durable(&pending.records);
+        reg.carry_out(pending.effects);
+        pending.records.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn name(uid: u64) -> String {
+        format!("user{uid:x}")
+    }
+
+    fn key(uid: u64) -> String {
+        format!("K{uid:x}")
+    }
+
+    /// `from` creates session `sid` inviting `invitees`.
+    fn init(reg: &mut Registry, from: &Fake, sid: u64, invitees: &[u64]) -> Followup {
+        let invitees = invitees.iter().map(|&u| (u, name(u))).collect();
+        reg.init(
+            from.me,
+            name(from.me.uid),
+            key(from.me.uid),
+            invitees,
+            &[sid],
+        )
+    }
+
+    fn accept(reg: &mut Registry, who: &Fake, sid: u64) {
+        reg.answer(who.me, sid, InviteRes::Accept(key(who.me.uid)));
+    }
+
+    /// A live session `SID` of creator `a` and accepted `b`, everything stored and
+    /// every queue read.
+    fn live_pair() -> (Registry, Fake, Fake) {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        let b = connect(&mut reg, B, 2, 64);
+        init(&mut reg, &a, SID, &[B]);
+        accept(&mut reg, &b, SID);
+        store(&mut reg);
+        a.drain();
+        b.drain();
+        (reg, a, b)
+    }
+
+    fn numbers(reg: &Registry, uid: u64, after: u64) -> Vec<u64> {
+        reg.pending_for(uid, SID, after, 100)
+            .unwrap_or_default()
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect()
+    }
+
+    #[test]
+    fn a_login_wakes_the_writer_to_pull_what_waits() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 8);
+        assert!(reg.is_online(A));
+        assert_eq!(reg.online_count(), 1);
+        assert_eq!(a.drain(), ["wake"]);
+    }
+
+    #[test]
+    fn init_with_an_online_invitee_waits_for_the_answer_then_goes_live() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        let b = connect(&mut reg, B, 2, 64);
+        a.drain();
+        b.drain();
+        let followup = init(&mut reg, &a, SID, &[B]);
+        assert_eq!(followup.start_invite_timer, Some(SID));
+        let records = store(&mut reg);
+        assert!(matches!(records[..], [Record::Create { sid: SID, .. }]));
+        assert_eq!(reg.pending_sessions(), [SID]);
+        // The invitee's writer is woken to pull the invitation; the creator waits.
+        assert_eq!(b.drain(), ["wake"]);
+        assert_eq!(reg.pending_invites(B), [(SID, A)]);
+        assert!(a.drain().is_empty());
+
+        accept(&mut reg, &b, SID);
+        let records = store(&mut reg);
+        assert!(matches!(
+            records[..],
+            [
+                Record::Answer {
+                    sid: SID,
+                    uid: B,
+                    ..
+                },
+                Record::Live { sid: SID }
+            ]
+        ));
+        assert!(reg.pending_invites(B).is_empty());
+        // init_res first, then the going-live status push, to every online accepted
+        // participant.
+        let got = a.drain();
+        assert_eq!(got[0], "InitRes 5151 0 OK");
+        assert!(
+            got[1].starts_with("StatusRes 5151 0 OK\nlive usera\n"),
+            "{got:?}"
+        );
+        assert!(got[1].contains("userb 000000000000000b accepted online 0 Kb\n"));
+        assert_eq!(got.len(), 2);
+        let got = b.drain();
+        assert!(
+            got[0].starts_with("StatusRes 5151 0 OK\nlive usera\n"),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 1, "no wake: nothing is stored for b yet");
+    }
+
+    #[test]
+    fn init_with_nobody_online_to_answer_goes_live_at_once() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        a.drain();
+        let followup = init(&mut reg, &a, SID, &[B, C]);
+        assert_eq!(followup.start_invite_timer, None);
+        // Nothing is sent before the records are stored.
+        assert!(a.drain().is_empty());
+        let records = store(&mut reg);
+        assert!(matches!(
+            records[..],
+            [Record::Create { sid: SID, .. }, Record::Live { sid: SID }]
+        ));
+        let got = a.drain();
+        assert_eq!(got[0], "InitRes 5151 0 OK");
+        assert!(got[1].contains("userb 000000000000000b invited offline 0\n"));
+        // The invitations wait for the invitees' next login.
+        assert_eq!(reg.pending_invites(C), [(SID, A)]);
+    }
+
+    #[test]
+    fn the_end_of_the_invite_wait_makes_the_session_live_once() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        let _b = connect(&mut reg, B, 2, 64);
+        a.drain();
+        init(&mut reg, &a, SID, &[B]);
+        store(&mut reg);
+        reg.invite_wait_over(SID);
+        assert!(matches!(store(&mut reg)[..], [Record::Live { sid: SID }]));
+        assert_eq!(a.drain()[0], "InitRes 5151 0 OK");
+        reg.invite_wait_over(SID);
+        assert!(store(&mut reg).is_empty());
+        assert!(a.drain().is_empty());
+    }
+
+    #[test]
+    fn a_late_acceptance_joins_the_live_session_at_its_latest_message() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        init(&mut reg, &a, SID, &[B]);
+        store(&mut reg);
+        assert_eq!(reg.message(a.me, SID, b"before"), Some(1));
+        store(&mut reg);
+        let b = connect(&mut reg, B, 2, 64);
+        accept(&mut reg, &b, SID);
+        store(&mut reg);
+        assert_eq!(reg.delivery_points(B), [(SID, 1)]);
+        assert!(numbers(&reg, B, 1).is_empty());
+        assert!(b.drain().iter().any(|l| l.starts_with("StatusRes 5151")));
+    }
+
+    #[test]
+    fn messages_are_numbered_per_session_and_answered_only_once_stored() {
+        let (mut reg, a, b) = live_pair();
+        assert_eq!(reg.message(a.me, SID, b"one"), Some(1));
+        assert_eq!(reg.message(a.me, SID, b"two"), Some(2));
+        // Neither the reply nor the delivery comes before the records are stored.
+        assert!(a.drain().is_empty());
+        assert!(numbers(&reg, B, 0).is_empty());
+        let records = store(&mut reg);
+        assert!(matches!(
+            records[..],
+            [Record::Message { n: 1, .. }, Record::Message { n: 2, .. }]
+        ));
+        assert_eq!(a.drain(), ["MsgRes 5151 0 OK 1", "MsgRes 5151 0 OK 2"]);
+        assert_eq!(numbers(&reg, B, 0), [1, 2]);
+        let msgs = reg.pending_for(B, SID, 0, 1).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!((msgs[0].1, &msgs[0].2[..]), (A, &b"one"[..]));
+        // Another session numbers from 1 again.
+        init(&mut reg, &b, SID2, &[A]);
+        accept(&mut reg, &a, SID2);
+        assert_eq!(reg.message(b.me, SID2, b"x"), Some(1));
+        // Refusals need no storage: an empty message is answered at once.
+        assert_eq!(reg.message(a.me, SID, b""), None);
+        store(&mut reg);
+        assert!(a
+            .drain()
+            .contains(&"MsgRes 5151 0 error: empty message".to_string()));
+    }
+
+    #[test]
+    fn fan_out_wakes_recipients_once_until_their_writer_takes_the_wake() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        let b = connect(&mut reg, B, 2, 64);
+        let c = connect(&mut reg, C, 3, 64);
+        init(&mut reg, &a, SID, &[B, C]);
+        accept(&mut reg, &b, SID);
+        accept(&mut reg, &c, SID);
+        store(&mut reg);
+        for f in [&a, &b, &c] {
+            f.drain();
+        }
+        for body in [&b"one"[..], b"two", b"three"] {
+            assert!(reg.message(a.me, SID, body).is_some());
+            reg.wake_recipients(SID, A);
+        }
+        store(&mut reg);
+        // One wake each for three messages, none for the author.
+        assert_eq!(b.drain(), ["wake"]);
+        assert_eq!(c.drain(), ["wake"]);
+        let replies = a.drain();
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        // Once the writer took its wake, the next message wakes it again.
+        assert!(reg.message(a.me, SID, b"four").is_some());
+        reg.wake_recipients(SID, A);
+        store(&mut reg);
+        assert_eq!(b.drain(), ["wake"]);
+    }
+
+    #[test]
+    fn an_ack_moves_only_its_senders_point_and_gets_no_reply() {
+        let (mut reg, a, b) = live_pair();
+        for body in [&b"one"[..], b"two", b"three"] {
+            reg.message(a.me, SID, body);
+        }
+        store(&mut reg);
+        a.drain();
+        reg.ack(b.me, SID, 2);
+        assert!(matches!(
+            store(&mut reg)[..],
+            [Record::Ack {
+                sid: SID,
+                uid: B,
+                n: 2
+            }]
+        ));
+        assert!(b.drain().is_empty() && a.drain().is_empty());
+        assert_eq!(reg.delivery_points(B), [(SID, 2)]);
+        assert_eq!(reg.delivery_points(A), [(SID, 0)]);
+        assert_eq!(numbers(&reg, B, 2), [3]);
+        // Beyond the latest message, or back, changes nothing.
+        reg.ack(b.me, SID, 9);
+        reg.ack(b.me, SID, 1);
+        assert!(store(&mut reg).is_empty());
+    }
+
+    #[test]
+    fn only_the_creator_closes_and_every_other_member_is_told() {
+        let (mut reg, a, b) = live_pair();
+        reg.close(b.me, SID);
+        assert!(store(&mut reg).is_empty());
+        assert_eq!(
+            b.drain(),
+            ["CloseRes 5151 0 error: only the creator can close"]
+        );
+        reg.close(a.me, SID);
+        assert!(matches!(store(&mut reg)[..], [Record::Close { sid: SID }]));
+        assert_eq!(a.drain(), ["CloseRes 5151 0 OK"]);
+        assert_eq!(b.drain(), ["CloseReq 5151 a "]);
+        // A closed session answers so to anyone.
+        reg.status(b.me, SID);
+        reg.message(a.me, SID, b"late");
+        reg.close(a.me, SID);
+        store(&mut reg);
+        assert_eq!(b.drain(), ["StatusRes 5151 0 error: session closed"]);
+        assert_eq!(
+            a.drain(),
+            [
+                "MsgRes 5151 0 error: session closed",
+                "CloseRes 5151 0 error: session closed"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_is_shown_to_members_and_invitees_but_not_to_strangers_or_decliners() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        let b = connect(&mut reg, B, 2, 64);
+        let c = connect(&mut reg, C, 3, 64);
+        init(&mut reg, &a, SID, &[B]);
+        store(&mut reg);
+        for f in [&a, &b, &c] {
+            f.drain();
+        }
+        // An invitee still to answer sees the session; a stranger does not.
+        reg.status(b.me, SID);
+        reg.status(c.me, SID);
+        reg.status(c.me, 0);
+        reg.status(b.me, 0);
+        store(&mut reg);
+        let got = b.drain();
+        assert!(got[0].starts_with("StatusRes 5151 0 OK\npending usera\n"));
+        assert!(got[0].contains("usera 000000000000000a accepted online 0 Ka\n"));
+        assert_eq!(got[1], "StatusRes 0 0 OK\n0000000000005151 invited usera\n");
+        assert_eq!(
+            c.drain(),
+            [
+                "StatusRes 5151 0 error: not a participant",
+                "StatusRes 0 0 OK\n"
+            ]
+        );
+        // Presence follows the connection.
+        reg.logout(A, 1);
+        reg.status(b.me, SID);
+        store(&mut reg);
+        assert!(b.drain()[0].contains("usera 000000000000000a accepted offline 0 Ka\n"));
+        // A decliner is out.
+        reg.answer(b.me, SID, InviteRes::Deny);
+        store(&mut reg);
+        reg.status(b.me, SID);
+        reg.status(b.me, 0);
+        store(&mut reg);
+        assert_eq!(
+            b.drain(),
+            [
+                "StatusRes 5151 0 error: not a participant",
+                "StatusRes 0 0 OK\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_dooms_the_connection_and_takes_it_offline() {
+        let mut reg = registry();
+        // A queue of one, taken by the login's wake.
+        let b = connect(&mut reg, B, 2, 1);
+        assert!(reg.take_doomed().is_empty());
+        reg.status(b.me, 0);
+        store(&mut reg);
+        assert!(!reg.is_online(B));
+        let doomed = reg.take_doomed();
+        assert_eq!(doomed.len(), 1);
+        assert_eq!(doomed[0].id, 2);
+        // The caller closes it once the lock is released.
+        assert!(!b.is_closed());
+        (doomed[0].close)();
+        assert!(b.is_closed());
+        assert_eq!(b.drain(), ["wake"]);
+        // What it is sent later is not queued anywhere.
+        reg.status(b.me, 0);
+        store(&mut reg);
+        assert!(b.drain().is_empty());
+        assert!(reg.take_doomed().is_empty());
+    }
+
+    #[test]
+    fn a_second_login_replaces_the_first_whose_replies_are_then_dropped() {
+        let mut reg = registry();
+        let first = connect(&mut reg, B, 2, 64);
+        let second = connect(&mut reg, B, 3, 64);
+        let doomed = reg.take_doomed();
+        assert_eq!(doomed.iter().map(|c| c.id).collect::<Vec<_>>(), [2]);
+        (doomed[0].close)();
+        assert!(first.is_closed() && !second.is_closed());
+        assert!(reg.is_online(B));
+        assert_eq!(reg.online_count(), 1);
+        // A request still read from the old connection is answered nowhere.
+        reg.status(first.me, 0);
+        reg.status(second.me, 0);
+        store(&mut reg);
+        assert_eq!(first.drain(), ["wake"]);
+        assert_eq!(second.drain(), ["wake", "StatusRes 0 0 OK\n"]);
+        // The old connection's logout does not take the new one offline.
+        reg.logout(B, 2);
+        assert!(reg.is_online(B));
+        reg.logout(B, 3);
+        assert!(!reg.is_online(B));
+    }
+
+    #[test]
+    fn init_takes_the_first_fresh_candidate_sid_or_is_refused_without_a_record() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        a.drain();
+        let invitees = || vec![(B, name(B))];
+        // No candidate (the random number generator failed), or none fresh: refused,
+        // never a loop under the lock.
+        reg.init(a.me, name(A), key(A), invitees(), &[]);
+        reg.init(a.me, name(A), key(A), invitees(), &[0]);
+        assert!(store(&mut reg).is_empty());
+        let refusal = format!("InitRes 0 0 error: {}", Reason::NoFreshSid);
+        assert_eq!(a.drain(), [refusal.clone(), refusal.clone()]);
+        reg.init(a.me, name(A), key(A), invitees(), &[SID]);
+        assert!(matches!(
+            store(&mut reg)[..],
+            [Record::Create { sid: SID, .. }, _]
+        ));
+        reg.close(a.me, SID);
+        store(&mut reg);
+        a.drain();
+        // A used sid, even a closed one, is skipped for the next candidate.
+        reg.init(a.me, name(A), key(A), invitees(), &[SID]);
+        store(&mut reg);
+        assert_eq!(a.drain(), [refusal]);
+        reg.init(a.me, name(A), key(A), invitees(), &[SID, SID2]);
+        assert!(matches!(
+            store(&mut reg)[..],
+            [Record::Create { sid: SID2, .. }, _]
+        ));
+    }
+
+    #[test]
+    fn requests_whose_records_are_not_stored_get_the_error_reply_instead() {
+        let (mut reg, a, b) = live_pair();
+        assert_eq!(reg.message(a.me, SID, b"lost"), Some(1));
+        reg.wake_recipients(SID, A);
+        let pending = reg.take_pending();
+        assert_eq!(pending.records.len(), 1);
+        reg.fail(&pending.on_failure, &TRY_AGAIN);
+        assert_eq!(a.drain(), [format!("MsgRes 5151 0 error: {TRY_AGAIN}")]);
+        // Nothing was delivered nor offered: the message is not durable.
+        assert!(b.drain().is_empty());
+        assert!(numbers(&reg, B, 0).is_empty());
+    }
+
+    #[test]
+    fn a_suspended_registry_answers_nothing_until_the_state_on_disk_is_back() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 64);
+        let b = connect(&mut reg, B, 2, 64);
+        let c = connect(&mut reg, C, 3, 64);
+        // On disk: a live session of a and b, with message 1, and an invitation of c
+        // to a second session still pending.
+        let mut disk = Vec::new();
+        init(&mut reg, &a, SID, &[B]);
+        accept(&mut reg, &b, SID);
+        reg.message(a.me, SID, b"stored");
+        init(&mut reg, &a, SID2, &[C]);
+        disk.extend(store(&mut reg));
+        for f in [&a, &b, &c] {
+            f.drain();
+        }
+        // Lost: message 2 and the close of the session.
+        reg.message(a.me, SID, b"lost");
+        reg.close(a.me, SID);
+        let lost = reg.take_pending();
+        reg.fail(&lost.on_failure, &Reason::NotStored(NotStored::DiskFull));
+        assert_eq!(a.drain().len(), 2);
+        let epoch = reg.epoch();
+        reg.suspend();
+        assert!(reg.is_suspended());
+
+        // In memory the session is closed; nobody may be told so.
+        reg.status(b.me, SID);
+        reg.message(b.me, SID, b"meanwhile");
+        reg.close(a.me, SID);
+        reg.init(a.me, name(A), key(A), vec![(B, name(B))], &[0x77]);
+        reg.ack(b.me, SID, 1);
+        reg.answer(c.me, SID2, InviteRes::Accept(key(C)));
+        reg.invite_wait_over(SID2);
+        assert!(store(&mut reg).is_empty());
+        let refused = |typ: &str, sid: u64| format!("{typ} {sid:x} 0 error: {TRY_AGAIN}");
+        assert_eq!(
+            b.drain(),
+            [refused("StatusRes", SID), refused("MsgRes", SID)]
+        );
+        assert_eq!(a.drain(), [refused("CloseRes", SID), refused("InitRes", 0)]);
+        assert!(c.drain().is_empty());
+        assert!(reg.delivery_points(B).is_empty());
+        assert!(reg.pending_invites(C).is_empty());
+        assert!(reg.pending_for(B, SID, 0, 10).is_none());
+
+        // The state read back from disk.
+        let mut sessions = Sessions::new(Limits::default());
+        for rec in &disk {
+            assert!(sessions.apply(rec));
+        }
+        reg.reset(sessions, disk.len() as u64);
+        assert!(!reg.is_suspended());
+        assert_eq!(reg.epoch(), epoch + 1);
+        // Numbering goes on from the disk's last LSN, first with the reset's own record.
+        assert_eq!(reg.last_lsn(), disk.len() as u64 + 1);
+        // The pending session went live, and every writer is woken to pull again.
+        let records = store(&mut reg);
+        assert!(matches!(records[..], [Record::Live { sid: SID2 }]));
+        assert!(a.drain().contains(&"InitRes 5252 0 OK".to_string()));
+        assert_eq!(b.drain(), ["wake"]);
+        assert_eq!(c.drain(), ["wake"]);
+        assert_eq!(numbers(&reg, B, 0), [1]);
+        assert_eq!(reg.pending_invites(C), [(SID2, A)]);
+        reg.status(b.me, SID);
+        store(&mut reg);
+        assert!(b.drain()[0].starts_with("StatusRes 5151 0 OK\nlive usera\n"));
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_at_the_last_lsn_assigned() {
+        let (mut reg, a, _b) = live_pair();
+        reg.message(a.me, SID, b"one");
+        store(&mut reg);
+        // Create, Answer, Live, Message.
+        assert_eq!(reg.last_lsn(), 4);
+        assert_eq!(reg.snapshot().lsn(), 4);
+    }
+}

@@ -105,19 +105,27 @@ impl WarnLimiter {
     }
 
     pub(super) fn warn(&self, args: std::fmt::Arguments<'_>) {
-        let mut st = lock(&self.state);
-        let now = Instant::now();
-        if now.duration_since(st.0) >= Duration::from_secs(1) {
-            if st.2 > 0 {
-                log::warn!("{} similar warnings suppressed", st.2);
+        let (suppressed, log_this) = {
+            let mut st = lock(&self.state);
+            let now = Instant::now();
+            let mut suppressed = 0;
+            if now.duration_since(st.0) >= Duration::from_secs(1) {
+                suppressed = st.2;
+                *st = (now, 0, 0);
             }
-            *st = (now, 0, 0);
+            let log_this = st.1 < WARNINGS_PER_SECOND;
+            if log_this {
+                st.1 += 1;
+            } else {
+                st.2 += 1;
+            }
+            (suppressed, log_this)
+        };
+        if suppressed > 0 {
+            log::warn!("{suppressed} similar warnings suppressed");
         }
-        if st.1 < WARNINGS_PER_SECOND {
-            st.1 += 1;
+        if log_this {
             log::warn!("{args}");
-        } else {
-            st.2 += 1;
         }
     }
 }

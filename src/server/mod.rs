@@ -5,8 +5,8 @@
 //! [`Server`]: binding, start-up, and the accept loop, which only accepts, counts and
 //! spawns. The rest is split by job:
 //!
-//! - [`state_dir`]: the state directory's lock and the server key, at start-up;
-//! - [`limits`]: the pre-login table, the connection count, the memory-mapping
+//! - `state_dir`: the state directory's lock and the server key, at start-up;
+//! - `limits`: the pre-login table, the connection count, the memory-mapping
 //!   budget, thread sizes and the warning rate;
 //! - `conn`: one connection's life, from its login to its logout;
 //! - `login`, `reader`, `writer`: its login thread, reader thread (parse and
@@ -14,22 +14,24 @@
 //! - `journal`: the journal thread (group commit; error replies and reload after a
 //!   failed write);
 //! - `timers`: the invite-wait timer thread;
-//! - [`error`]: why the server cannot start or stops.
+//! - `error`: why the server cannot start ([`StartError`]) or stops ([`RunError`]).
 //!
 //! Untrusted bytes are parsed only in the connection's own threads. Counts are kept
-//! right on every exit path by RAII guards. No lock is held across socket or disk
-//! I/O or cryptography: handlers lock the [`Registry`] briefly, and every outgoing
-//! frame is sealed and written by the connection's writer thread, which owns the
-//! outgoing MTP state. Nothing here ends the process: a fatal condition is returned
-//! from [`Server::run`] for the binary to report.
+//! right on every exit path by RAII guards. Handlers lock the [`Registry`] briefly,
+//! and every outgoing frame is sealed and written by the connection's writer thread,
+//! which owns the outgoing MTP state.
+//!
+//! No part of the server may hold a lock across socket or disk I/O or cryptography,
+//! parse untrusted bytes on the accept loop, or end the process: a fatal condition is
+//! returned from [`Server::run`] for the binary to report.
 
 mod conn;
-pub mod error;
+mod error;
 mod journal;
-pub mod limits;
+mod limits;
 mod login;
 mod reader;
-pub mod state_dir;
+mod state_dir;
 mod timers;
 mod writer;
 
