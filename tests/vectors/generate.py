@@ -2,16 +2,17 @@
 """Generates mpchat's known-answer test vectors with an independent implementation.
 
 Everything here follows /work/shared/DESIGN.md ("MTP framing", "Login", "Fine points")
-and uses Python's `cryptography` package (AES-GCM, HKDF, HMAC, SHA-256, X25519, RSA),
+and the end-to-end v2 design (issue 11: sender-key chain, MPS2 / MPK2 / MPM2), and uses
+Python's `cryptography` package (AES-GCM, HKDF, HMAC, SHA-256, X25519, Ed25519, RSA),
 never the Rust crate. `tests/kat.rs` checks the crate against the files written here.
 
 Run from anywhere:  python3 tests/vectors/generate.py
 The output is deterministic: every input is fixed (derived from a label with SHA-256),
 the two RSA padding operations use fixed seeds / salts (implemented below and checked
-against `cryptography`'s own OAEP decryption and PSS verification), and the RSA key is
-read from the committed server_test_key.pem. The only randomness is the one-time
-generation of that key when the file does not exist; delete it to make a new one (and
-every RSA-dependent vector changes). Running the script twice gives identical files.
+against `cryptography`'s own OAEP decryption and PSS verification), Ed25519 and GCM are
+deterministic, and the RSA keys are read from the committed server_test_key.pem and
+user_*_test_key.pem. The only randomness is the one-time generation of those keys when
+a file does not exist; delete one to make a new one (and every vector using it changes). Running the script twice gives identical files.
 
 File format (parsed by tests/kat.rs with std only):
   - `# ...` lines are comments; a blank line ends a block.
