@@ -523,8 +523,9 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_covers_a_state_at_every_limit() {
-        assert!(MAX_STATE_LEN < 10 * 1024 * 1024);
+    fn the_size_bound_is_under_ten_mebibytes_and_the_head_is_24_bytes() {
+        const { assert!(MAX_STATE_LEN < 10 * 1024 * 1024) };
         assert_eq!(HEAD_LEN, 24);
+        assert_eq!(MAX_STATE_LEN, 9_654_761);
     }
 }
