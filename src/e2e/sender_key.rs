@@ -576,9 +576,14 @@ impl PeerSenderKeys {
                 let mut plain = me_key
                     .oaep_decrypt(f.entries[at].wrapped)
                     .map_err(|_| Error::Unwrap)?;
-                let ck: [u8; CHAIN_KEY_LEN] = plain[..].try_into().map_err(|_| Error::Unwrap)?;
+                if plain.len() != CHAIN_KEY_LEN {
+                    return Err(Error::Unwrap);
+                }
+                let mut raw = [0u8; CHAIN_KEY_LEN];
+                raw.copy_from_slice(&plain);
                 plain.zeroize();
-                let ck = ChainKey::new(ck, f.iteration);
+                let ck = ChainKey::new(raw, f.iteration);
+                raw.zeroize();
                 let c = commitment(
                     sid,
                     author_uid,

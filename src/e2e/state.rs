@@ -51,7 +51,8 @@ pub const MAX_AUTHORS: usize = MAX_RECIPIENTS;
 
 const FLAG_STATEMENT_UNSENT: u8 = 0x01;
 const HEAD_LEN: usize = STATE_MAGIC.len() + 1 + 8 + 8 + 1;
-const OWN_LEN: usize = 1 + 4 + 4 + CHAIN_KEY_LEN + ED25519_SEED_LEN + 8 + 1 + MAX_RECIPIENTS * 8;
+const OWN_FIXED_LEN: usize = 4 + 4 + CHAIN_KEY_LEN + ED25519_SEED_LEN + 8 + 1;
+const OWN_LEN: usize = 1 + OWN_FIXED_LEN + MAX_RECIPIENTS * 8;
 const KEY_HEAD_LEN: usize = 4 + ED25519_PUBLIC_LEN + HASH_LEN + 4 + 4 + CHAIN_KEY_LEN + 2;
 const SKIPPED_LEN: usize = 4 + MESSAGE_KEY_LEN;
 const AUTHOR_LEN: usize = 8
@@ -212,9 +213,31 @@ impl SessionState {
         }
     }
 
-    /// The state as bytes (see the module documentation), in a buffer wiped on drop.
+    /// The exact length of [`SessionState::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let statement = self.statement.as_ref().map_or(0, |s| s.bytes().len());
+        let own = self
+            .own
+            .as_ref()
+            .map_or(0, |o| OWN_FIXED_LEN + o.holders().len() * 8);
+        let peers: usize = self
+            .peers
+            .values()
+            .map(|p| {
+                8 + 1
+                    + 2
+                    + p.retired().count() * 4
+                    + p.keys().count() * KEY_HEAD_LEN
+                    + p.skipped_len() * SKIPPED_LEN
+            })
+            .sum();
+        HEAD_LEN + 2 + statement + 1 + own + 1 + peers
+    }
+
+    /// The state as bytes (see the module documentation), in a buffer wiped on drop
+    /// (allocated once at its exact size, so no reallocation leaves a stray copy).
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(4096));
+        let mut out = Zeroizing::new(Vec::with_capacity(self.encoded_len()));
         out.extend_from_slice(&STATE_MAGIC);
         out.push(STATE_VERSION);
         out.extend_from_slice(&self.sid.to_be_bytes());
@@ -269,6 +292,7 @@ impl SessionState {
                 }
             }
         }
+        debug_assert_eq!(out.len(), self.encoded_len());
         out
     }
 
