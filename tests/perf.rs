@@ -250,7 +250,7 @@ fn e2e_v2_costs_at_50_participants() {
     let text = "x".repeat(100);
 
     let mut own = OwnSenderKey::generate(0, None).unwrap();
-    let mut builds = Vec::new();
+    let mut builds: Vec<Duration> = Vec::new();
     let mut mpk2 = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -268,8 +268,8 @@ fn e2e_v2_costs_at_50_participants() {
     println!(
         "MPK2 for 49 recipients (RSA-3072): {} bytes, build {:?} (median of 5), open {:?} (median of 20)",
         mpk2.len(),
-        median(&mut builds),
-        median(&mut opens)
+        median(&builds),
+        median(&opens)
     );
 
     let mut reader = SessionState::new(SID);

@@ -21,8 +21,8 @@
 
 use std::fmt;
 
-use super::cursor::{Reader, Short};
-use crate::{accounts, crypto};
+use crate::codec::{CodecError, Reader};
+use crate::{crypto, names};
 
 /// Magic of a membership statement.
 pub const STATEMENT_MAGIC: [u8; 4] = *b"MPS2";
@@ -35,13 +35,13 @@ pub const MAGIC_LEN: usize = 4;
 
 /// The largest envelope the server relays: 65,535 (largest frame) - 24 (header) - 12
 /// (mac) - 8 (the `n` prefix on delivery). Checked before anything else.
-pub const MAX_ENVELOPE_LEN: usize = crate::session::MAX_ENVELOPE_LEN;
+pub const MAX_ENVELOPE_LEN: usize = crate::proto::MAX_ENVELOPE_LEN;
 /// Most invitees in a statement and most recipients in a distribution: a session has
 /// at most 100 participants, so at most 99 besides the creator or the author. The e2e
 /// layer does not support larger sessions, whatever the server allows.
 pub const MAX_RECIPIENTS: usize = 99;
 /// Longest name (a username).
-pub const MAX_NAME_LEN: usize = accounts::MAX_USERNAME_LEN;
+pub const MAX_NAME_LEN: usize = names::MAX_USERNAME_LEN;
 /// Smallest RSA modulus in bytes (2048-bit identity keys): the least length of a
 /// wrapped key and of an RSA signature.
 pub const MIN_RSA_LEN: usize = crypto::MIN_USER_KEY_BITS / 8;
@@ -149,10 +149,9 @@ impl fmt::Display for EnvelopeError {
 
 impl std::error::Error for EnvelopeError {}
 
-impl From<Short> for EnvelopeError {
-    fn from(s: Short) -> Self {
-        EnvelopeError::Truncated(s.0)
-    }
+/// The error for a field the input is too short to hold.
+fn short(what: &'static str) -> impl Fn(CodecError) -> EnvelopeError {
+    move |_| EnvelopeError::Truncated(what)
 }
 
 /// The kind of a v2 envelope, from its magic.
@@ -181,7 +180,8 @@ pub fn kind(envelope: &[u8]) -> Result<Kind, EnvelopeError> {
 }
 
 fn expect_magic(r: &mut Reader<'_>, magic: [u8; 4]) -> Result<(), EnvelopeError> {
-    if r.array::<MAGIC_LEN>("magic")
+    if r.array::<MAGIC_LEN>()
+        .map_err(short("magic"))
         .map_err(|_| EnvelopeError::UnknownKind)?
         != magic
     {
@@ -200,12 +200,10 @@ fn check_rsa_len(len: usize, err: EnvelopeError) -> Result<(), EnvelopeError> {
 
 /// Reads `s` and the RSA signature, then requires the end of the input.
 fn rsa_signature<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], EnvelopeError> {
-    let s = usize::from(r.u16("signature length")?);
+    let s = usize::from(r.u16().map_err(short("signature length"))?);
     check_rsa_len(s, EnvelopeError::SignatureLength)?;
-    let sig = r.take(s, "signature")?;
-    if r.remaining() != 0 {
-        return Err(EnvelopeError::TrailingBytes);
-    }
+    let sig = r.take(s).map_err(short("signature"))?;
+    r.expect_empty().map_err(|_| EnvelopeError::TrailingBytes)?;
     Ok(sig)
 }
 
@@ -255,18 +253,18 @@ fn check_name(name: &str) -> Result<(), EnvelopeError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(EnvelopeError::NameLength);
     }
-    if !accounts::valid_username(name) {
+    if !names::valid_username(name) {
         return Err(EnvelopeError::InvalidName);
     }
     Ok(())
 }
 
 fn read_name<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<&'a str, EnvelopeError> {
-    let len = usize::from(r.u8(what)?);
+    let len = usize::from(r.u8().map_err(short(what))?);
     if len == 0 || len > MAX_NAME_LEN {
         return Err(EnvelopeError::NameLength);
     }
-    let bytes = r.take(len, what)?;
+    let bytes = r.take(len).map_err(short(what))?;
     let name = std::str::from_utf8(bytes).map_err(|_| EnvelopeError::InvalidName)?;
     check_name(name)?;
     Ok(name)
@@ -297,13 +295,13 @@ pub fn parse_statement(envelope: &[u8]) -> Result<StatementView<'_>, EnvelopeErr
     }
     let mut r = Reader::new(envelope);
     expect_magic(&mut r, STATEMENT_MAGIC)?;
-    let creator_uid = r.u64("creator uid")?;
+    let creator_uid = r.u64().map_err(short("creator uid"))?;
     if creator_uid == 0 {
         return Err(EnvelopeError::ZeroUid);
     }
-    let created_ms = r.u64("created_ms")?;
+    let created_ms = r.u64().map_err(short("created_ms"))?;
     let creator_name = read_name(&mut r, "creator name")?;
-    let k = usize::from(r.u8("invitee count")?);
+    let k = usize::from(r.u8().map_err(short("invitee count"))?);
     if k == 0 || k > MAX_RECIPIENTS {
         return Err(EnvelopeError::InviteeCount);
     }
@@ -433,14 +431,14 @@ pub fn parse_sender_key(envelope: &[u8]) -> Result<SenderKeyView<'_>, EnvelopeEr
     }
     let mut r = Reader::new(envelope);
     expect_magic(&mut r, SENDER_KEY_MAGIC)?;
-    let key_id = r.u32("key id")?;
+    let key_id = r.u32().map_err(short("key id"))?;
     if key_id == 0 {
         return Err(EnvelopeError::ZeroKeyId);
     }
-    let iteration = r.u32("iteration")?;
-    let signing_public = r.array("signing key")?;
-    let commitment = r.array("commitment")?;
-    let count = usize::from(r.u16("recipient count")?);
+    let iteration = r.u32().map_err(short("iteration"))?;
+    let signing_public = r.array().map_err(short("signing key"))?;
+    let commitment = r.array().map_err(short("commitment"))?;
+    let count = usize::from(r.u16().map_err(short("recipient count"))?);
     if count == 0 || count > MAX_RECIPIENTS {
         return Err(EnvelopeError::EntryCount);
     }
@@ -450,7 +448,7 @@ pub fn parse_sender_key(envelope: &[u8]) -> Result<SenderKeyView<'_>, EnvelopeEr
     let mut entries = Vec::with_capacity(count);
     let mut last = 0u64;
     for _ in 0..count {
-        let uid = r.u64("recipient uid")?;
+        let uid = r.u64().map_err(short("recipient uid"))?;
         if uid == 0 {
             return Err(EnvelopeError::ZeroUid);
         }
@@ -458,9 +456,9 @@ pub fn parse_sender_key(envelope: &[u8]) -> Result<SenderKeyView<'_>, EnvelopeEr
             return Err(EnvelopeError::EntriesNotIncreasing);
         }
         last = uid;
-        let w = usize::from(r.u16("wrapped key length")?);
+        let w = usize::from(r.u16().map_err(short("wrapped key length"))?);
         check_rsa_len(w, EnvelopeError::WrappedKeyLength)?;
-        let wrapped = r.take(w, "wrapped key")?;
+        let wrapped = r.take(w).map_err(short("wrapped key"))?;
         entries.push(Entry { uid, wrapped });
     }
     let signed = r.consumed();
@@ -557,12 +555,15 @@ pub fn parse_message(envelope: &[u8]) -> Result<MessageView<'_>, EnvelopeError> 
     }
     let mut r = Reader::new(envelope);
     expect_magic(&mut r, MESSAGE_MAGIC)?;
-    let key_id = r.u32("key id")?;
+    let key_id = r.u32().map_err(short("key id"))?;
     if key_id == 0 {
         return Err(EnvelopeError::ZeroKeyId);
     }
-    let iteration = r.u32("iteration")?;
-    let sent_ms = r.i64("sent_ms")?;
+    let iteration = r.u32().map_err(short("iteration"))?;
+    let sent_ms = r
+        .array::<8>()
+        .map(i64::from_be_bytes)
+        .map_err(short("sent_ms"))?;
     let c = r
         .remaining()
         .checked_sub(MESSAGE_SIGNATURE_LEN)
@@ -571,10 +572,11 @@ pub fn parse_message(envelope: &[u8]) -> Result<MessageView<'_>, EnvelopeError> 
         return Err(EnvelopeError::CiphertextTooShort);
     }
     let header = r.consumed();
-    let sealed = r.take(c, "ciphertext")?;
+    let sealed = r.take(c).map_err(short("ciphertext"))?;
     let signed = r.consumed();
     let signature: &[u8; MESSAGE_SIGNATURE_LEN] = r
-        .take(MESSAGE_SIGNATURE_LEN, "signature")?
+        .take(MESSAGE_SIGNATURE_LEN)
+        .map_err(short("signature"))?
         .try_into()
         .map_err(|_| EnvelopeError::Truncated("signature"))?;
     Ok(MessageView {

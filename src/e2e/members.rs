@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 
 use super::envelope::{self, EnvelopeError, StatementFields, MAX_RECIPIENTS};
 use super::Error;
-use crate::accounts;
 use crate::crypto::{RsaPrivate, RsaPublic};
+use crate::names;
 
 /// Signature context of the statement.
 pub const MEMBERS_CONTEXT: &[u8] = b"mpchat v2 members";
@@ -69,8 +69,8 @@ impl Statement {
         if invitees.is_empty() || invitees.len() > MAX_RECIPIENTS {
             return Err(Error::RecipientCount);
         }
-        if !accounts::valid_username(creator_name)
-            || !invitees.iter().all(|n| accounts::valid_username(n))
+        if !names::valid_username(creator_name)
+            || !invitees.iter().all(|n| names::valid_username(n))
         {
             return Err(Error::InvalidName);
         }

@@ -17,7 +17,6 @@
 //! [`v1`] is the previous `MPE1` envelope, still used by the client until the v2
 //! integration replaces it; its items are re-exported here under their old paths.
 
-mod cursor;
 pub mod envelope;
 pub mod members;
 pub mod ratchet;
@@ -28,6 +27,4 @@ pub mod v1;
 mod error;
 
 pub use error::Error;
-pub use v1::{
-    open, parse, seal, E2eError, Opened, ReplayGuard, MAX_ENVELOPE_LEN, MAX_RECIPIENTS, MSG_ID_LEN,
-};
+pub use v1::{open, parse, seal, E2eError, Opened, ReplayGuard, MAX_RECIPIENTS, MSG_ID_LEN};

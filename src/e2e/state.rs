@@ -27,7 +27,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::cursor::{Reader, Short};
 use super::envelope::{MAX_RECIPIENTS, MAX_STATEMENT_LEN};
 use super::members::{Statement, StatementArrival};
 use super::ratchet::{
@@ -38,6 +37,7 @@ use super::sender_key::{
     MAX_RETIRED_KEY_IDS,
 };
 use super::Error;
+use crate::codec::{CodecError, Reader};
 use crate::crypto::{
     zeroize::Zeroizing, RsaPrivate, RsaPublic, ED25519_PUBLIC_LEN, ED25519_SEED_LEN, HASH_LEN,
 };
@@ -99,10 +99,9 @@ impl fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-impl From<Short> for StateError {
-    fn from(s: Short) -> Self {
-        StateError::Truncated(s.0)
-    }
+/// The error for a field the input is too short to hold.
+fn short(what: &'static str) -> impl Fn(CodecError) -> StateError {
+    move |_| StateError::Truncated(what)
 }
 
 /// One session's end-to-end state.
@@ -303,30 +302,30 @@ impl SessionState {
             return Err(StateError::TooLarge);
         }
         let mut r = Reader::new(bytes);
-        if r.array::<6>("magic").map_err(|_| StateError::BadMagic)? != STATE_MAGIC {
+        if r.array::<6>().map_err(|_| StateError::BadMagic)? != STATE_MAGIC {
             return Err(StateError::BadMagic);
         }
-        let version = r.u8("version")?;
+        let version = r.u8().map_err(short("version"))?;
         if version != STATE_VERSION {
             return Err(StateError::UnsupportedVersion(version));
         }
-        let sid = r.u64("sid")?;
+        let sid = r.u64().map_err(short("sid"))?;
         if sid == 0 {
             return Err(StateError::Invalid("sid 0"));
         }
-        let last_n = r.u64("last n")?;
-        let flags = r.u8("flags")?;
+        let last_n = r.u64().map_err(short("last n"))?;
+        let flags = r.u8().map_err(short("flags"))?;
         if flags & !FLAG_STATEMENT_UNSENT != 0 {
             return Err(StateError::Invalid("unknown flags"));
         }
-        let statement_len = usize::from(r.u16("statement length")?);
+        let statement_len = usize::from(r.u16().map_err(short("statement length"))?);
         if statement_len > MAX_STATEMENT_LEN {
             return Err(StateError::Invalid("statement too long"));
         }
         let statement = match statement_len {
             0 => None,
             n => Some(
-                Statement::from_trusted_bytes(r.take(n, "statement")?.to_vec())
+                Statement::from_trusted_bytes(r.take(n).map_err(short("statement"))?.to_vec())
                     .map_err(|_| StateError::Invalid("statement"))?,
             ),
         };
@@ -334,28 +333,26 @@ impl SessionState {
         if statement_unsent && statement.is_none() {
             return Err(StateError::Invalid("unsent statement missing"));
         }
-        let own = match r.u8("own key flag")? {
+        let own = match r.u8().map_err(short("own key flag"))? {
             0 => None,
             1 => Some(decode_own(&mut r)?),
             _ => return Err(StateError::Invalid("own key flag")),
         };
-        let authors = usize::from(r.u8("author count")?);
+        let authors = usize::from(r.u8().map_err(short("author count"))?);
         if authors > MAX_AUTHORS {
             return Err(StateError::Invalid("too many authors"));
         }
         let mut peers = BTreeMap::new();
         let mut last_uid = 0u64;
         for _ in 0..authors {
-            let uid = r.u64("author uid")?;
+            let uid = r.u64().map_err(short("author uid"))?;
             if uid <= last_uid {
                 return Err(StateError::Invalid("authors not in increasing uid order"));
             }
             last_uid = uid;
             peers.insert(uid, decode_peer(&mut r)?);
         }
-        if r.remaining() != 0 {
-            return Err(StateError::TrailingBytes);
-        }
+        r.expect_empty().map_err(|_| StateError::TrailingBytes)?;
         Ok(SessionState {
             sid,
             last_n,
@@ -368,19 +365,25 @@ impl SessionState {
 }
 
 fn decode_own(r: &mut Reader<'_>) -> Result<OwnSenderKey, StateError> {
-    let key_id = r.u32("own key id")?;
-    let iteration = r.u32("own iteration")?;
-    let chain = ChainKey::new(r.array("own chain key")?, iteration);
-    let seed = Zeroizing::new(r.array::<ED25519_SEED_LEN>("own signing seed")?);
-    let created_ms = r.i64("own created_ms")?;
-    let count = usize::from(r.u8("holder count")?);
+    let key_id = r.u32().map_err(short("own key id"))?;
+    let iteration = r.u32().map_err(short("own iteration"))?;
+    let chain = ChainKey::new(r.array().map_err(short("own chain key"))?, iteration);
+    let seed = Zeroizing::new(
+        r.array::<ED25519_SEED_LEN>()
+            .map_err(short("own signing seed"))?,
+    );
+    let created_ms = r
+        .array::<8>()
+        .map(i64::from_be_bytes)
+        .map_err(short("own created_ms"))?;
+    let count = usize::from(r.u8().map_err(short("holder count"))?);
     if count > MAX_RECIPIENTS {
         return Err(StateError::Invalid("too many holders"));
     }
     let mut holders = BTreeSet::new();
     let mut last = 0u64;
     for _ in 0..count {
-        let uid = r.u64("holder uid")?;
+        let uid = r.u64().map_err(short("holder uid"))?;
         if uid <= last {
             return Err(StateError::Invalid("holders not in increasing uid order"));
         }
@@ -392,11 +395,11 @@ fn decode_own(r: &mut Reader<'_>) -> Result<OwnSenderKey, StateError> {
 }
 
 fn decode_peer(r: &mut Reader<'_>) -> Result<PeerSenderKeys, StateError> {
-    let key_count = usize::from(r.u8("key count")?);
+    let key_count = usize::from(r.u8().map_err(short("key count"))?);
     if key_count > MAX_KEYS_PER_AUTHOR {
         return Err(StateError::Invalid("too many keys for an author"));
     }
-    let retired_count = usize::from(r.u16("retired count")?);
+    let retired_count = usize::from(r.u16().map_err(short("retired count"))?);
     if retired_count > MAX_RETIRED_KEY_IDS {
         return Err(StateError::Invalid("too many retired key ids"));
     }
@@ -405,18 +408,18 @@ fn decode_peer(r: &mut Reader<'_>) -> Result<PeerSenderKeys, StateError> {
     }
     let mut retired = Vec::with_capacity(retired_count);
     for _ in 0..retired_count {
-        retired.push(r.u32("retired key id")?);
+        retired.push(r.u32().map_err(short("retired key id"))?);
     }
     let mut keys = Vec::with_capacity(key_count);
     let mut skipped_total = 0usize;
     for _ in 0..key_count {
-        let key_id = r.u32("key id")?;
-        let signing_public = r.array("signing key")?;
-        let commitment = r.array("commitment")?;
-        let first_iteration = r.u32("first iteration")?;
-        let position = r.u32("position")?;
-        let chain = ChainKey::new(r.array("chain key")?, position);
-        let skipped_count = usize::from(r.u16("skipped count")?);
+        let key_id = r.u32().map_err(short("key id"))?;
+        let signing_public = r.array().map_err(short("signing key"))?;
+        let commitment = r.array().map_err(short("commitment"))?;
+        let first_iteration = r.u32().map_err(short("first iteration"))?;
+        let position = r.u32().map_err(short("position"))?;
+        let chain = ChainKey::new(r.array().map_err(short("chain key"))?, position);
+        let skipped_count = usize::from(r.u16().map_err(short("skipped count"))?);
         skipped_total += skipped_count;
         if skipped_total > MAX_SKIPPED_KEYS {
             return Err(StateError::Invalid("too many skipped keys"));
@@ -426,8 +429,8 @@ fn decode_peer(r: &mut Reader<'_>) -> Result<PeerSenderKeys, StateError> {
         }
         let mut skipped = Vec::with_capacity(skipped_count);
         for _ in 0..skipped_count {
-            let iteration = r.u32("skipped iteration")?;
-            let bytes = Zeroizing::new(r.array::<MESSAGE_KEY_LEN>("skipped key")?);
+            let iteration = r.u32().map_err(short("skipped iteration"))?;
+            let bytes = Zeroizing::new(r.array::<MESSAGE_KEY_LEN>().map_err(short("skipped key"))?);
             skipped.push(MessageKey::from_bytes(iteration, *bytes));
         }
         let chain = ReceivingChain::from_parts(chain, skipped)
