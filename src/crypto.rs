@@ -2,14 +2,22 @@
 //!
 //! Everything cryptographic that mpchat does goes through here: AES-256-GCM with the
 //! protocol's 12-byte mac, the nonce layout, HKDF-SHA-256 (key schedule and rekey),
-//! X25519, SHA-256, PBKDF2-HMAC-SHA-256, RSA-OAEP and RSA-PSS, and the key files.
+//! X25519, SHA-256, PBKDF2-HMAC-SHA-256, RSA-OAEP and RSA-PSS, and the key files; and
+//! for the end-to-end v2 envelope HMAC-SHA-256, HKDF-SHA-256 with any output length,
+//! Ed25519 and AES-256-GCM with its full 16-byte tag.
 //! It must never release plaintext before its mac has been checked, and never report
 //! two RSA decryption failures differently (the Marvin attack feeds on such hints).
+//!
+//! Secrets held here are wiped on drop and never printed. `ring` keeps its own
+//! expanded copies inside its key objects (HMAC pads, AES round keys, the Ed25519
+//! scalar) and does not wipe those: short-lived where we can (an HMAC or AES key is
+//! built per use), and the one long-lived one ([`Ed25519Signer`]) is documented.
 
 use std::fmt;
 use std::path::Path;
 
-use ring::{aead, agreement, digest, hkdf};
+use ring::signature::KeyPair as _;
+use ring::{aead, agreement, digest, hkdf, hmac, signature};
 use rsa::pkcs8::der::zeroize::{Zeroize, Zeroizing};
 use rsa::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
@@ -38,6 +46,18 @@ pub const MIN_USER_KEY_BITS: usize = 2048;
 pub const MAX_USER_KEY_BITS: usize = 4096;
 /// PSS salt length (the digest length), fixed by the design.
 pub const PSS_SALT_LEN: usize = 32;
+/// Full AES-GCM tag length (the end-to-end v2 envelope keeps all 16 bytes).
+pub const TAG_LEN: usize = 16;
+/// Ed25519 private key seed length (RFC 8032).
+pub const ED25519_SEED_LEN: usize = 32;
+/// Ed25519 public key length.
+pub const ED25519_PUBLIC_LEN: usize = 32;
+/// Ed25519 signature length.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
+/// HMAC-SHA-256 output length.
+pub const HMAC_LEN: usize = 32;
+/// Longest HKDF-SHA-256 output (RFC 5869: 255 hash lengths).
+pub const MAX_HKDF_LEN: usize = 255 * HASH_LEN;
 
 /// What went wrong in a cryptographic operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +369,155 @@ impl fmt::Debug for X25519Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("X25519Secret(<redacted>)")
     }
+}
+
+/// HMAC-SHA-256 of `data` under `key`, wiped on drop (in mpchat its outputs are chain
+/// keys and message key seeds).
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Zeroizing<[u8; HMAC_LEN]> {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data);
+    let mut out = Zeroizing::new([0u8; HMAC_LEN]);
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Output-length marker for `ring`'s HKDF with a length chosen by the caller.
+struct HkdfLen(usize);
+
+impl hkdf::KeyType for HkdfLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA-256 (RFC 5869): extract with `salt` (an empty salt is HashLen zero bytes,
+/// as the RFC says; HMAC pads both to the same block), then expand `N` bytes with
+/// `info`. `N` must be at most [`MAX_HKDF_LEN`]; that is checked at compile time.
+pub fn hkdf_sha256<const N: usize>(salt: &[u8], ikm: &[u8], info: &[u8]) -> Zeroizing<[u8; N]> {
+    const { assert!(N > 0 && N <= MAX_HKDF_LEN) };
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    let mut out = Zeroizing::new([0u8; N]);
+    prk.expand(&[info], HkdfLen(N))
+        .and_then(|okm| okm.fill(&mut out[..]))
+        .expect("HKDF-SHA-256 expands to at most 255 hash lengths, checked above");
+    out
+}
+
+/// AES-256-GCM with the full 16-byte tag: `ciphertext || tag` of `plaintext`.
+///
+/// The caller guarantees that `(key, nonce)` is never used for two different messages
+/// (in mpchat both come from a one-time message key of the sender-key ratchet).
+pub fn aes256gcm_seal(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let key = aead::LessSafeKey::new(
+        aead::UnboundKey::new(&aead::AES_256_GCM, key).expect("AES-256 takes 32-byte keys"),
+    );
+    let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    out.extend_from_slice(plaintext);
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(*nonce),
+        aead::Aad::from(aad),
+        &mut out,
+    )
+    .expect("GCM seals any message shorter than 64 GiB");
+    out
+}
+
+/// Opens `ciphertext || tag` made by [`aes256gcm_seal`], in one pass (`ring` checks a
+/// full tag itself). The plaintext is released only if the tag verifies; on failure
+/// `ring` has already zeroed the buffer.
+pub fn aes256gcm_open(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if sealed.len() < TAG_LEN {
+        return Err(CryptoError::BadMac);
+    }
+    let key = aead::LessSafeKey::new(
+        aead::UnboundKey::new(&aead::AES_256_GCM, key).expect("AES-256 takes 32-byte keys"),
+    );
+    let mut buf = Zeroizing::new(sealed.to_vec());
+    let len = key
+        .open_in_place(
+            aead::Nonce::assume_unique_for_key(*nonce),
+            aead::Aad::from(aad),
+            &mut buf[..],
+        )
+        .map_err(|_| CryptoError::BadMac)?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// An Ed25519 signing key (RFC 8032), kept with its 32-byte seed so it can be stored.
+///
+/// The seed is wiped on drop and never printed. `ring`'s key pair inside holds the
+/// expanded private scalar, which `ring` does not wipe; it lives as long as this value.
+pub struct Ed25519Signer {
+    seed: Zeroizing<[u8; ED25519_SEED_LEN]>,
+    pair: signature::Ed25519KeyPair,
+}
+
+impl Ed25519Signer {
+    /// A fresh key pair from the operating system's random number generator.
+    pub fn generate() -> Result<Self, CryptoError> {
+        let seed = Zeroizing::new(random_array::<ED25519_SEED_LEN>()?);
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The key pair of a 32-byte seed (every seed is valid).
+    pub fn from_seed(seed: &[u8; ED25519_SEED_LEN]) -> Self {
+        let pair = signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .expect("every 32-byte seed is an Ed25519 private key");
+        Ed25519Signer {
+            seed: Zeroizing::new(*seed),
+            pair,
+        }
+    }
+
+    /// The seed, for storing the key.
+    pub fn seed(&self) -> &[u8; ED25519_SEED_LEN] {
+        &self.seed
+    }
+
+    /// The 32-byte public key.
+    pub fn public(&self) -> [u8; ED25519_PUBLIC_LEN] {
+        let mut out = [0u8; ED25519_PUBLIC_LEN];
+        out.copy_from_slice(self.pair.public_key().as_ref());
+        out
+    }
+
+    /// The (deterministic) signature of `msg`.
+    pub fn sign(&self, msg: &[u8]) -> [u8; ED25519_SIGNATURE_LEN] {
+        let mut out = [0u8; ED25519_SIGNATURE_LEN];
+        out.copy_from_slice(self.pair.sign(msg).as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for Ed25519Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ed25519Signer(<redacted>)")
+    }
+}
+
+/// Verifies an Ed25519 signature over `msg` under the 32-byte public key `public`.
+pub fn ed25519_verify(
+    public: &[u8; ED25519_PUBLIC_LEN],
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), CryptoError> {
+    if sig.len() != ED25519_SIGNATURE_LEN {
+        return Err(CryptoError::BadSignature);
+    }
+    signature::UnparsedPublicKey::new(&signature::ED25519, public)
+        .verify(msg, sig)
+        .map_err(|_| CryptoError::BadSignature)
 }
 
 /// PBKDF2-HMAC-SHA-256 with a 32-byte output.
@@ -724,6 +893,89 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc4231_case_2() {
+        let out = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            encoding::hex(&out[..]),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn hkdf_sha256_matches_rfc5869_case_1_and_treats_an_empty_salt_as_zeros() {
+        let ikm = [0x0b; 22];
+        let salt: Vec<u8> = (0..=0x0c).collect();
+        let info: Vec<u8> = (0xf0..=0xf9).collect();
+        let okm = hkdf_sha256::<42>(&salt, &ikm, &info);
+        assert_eq!(
+            encoding::hex(&okm[..]),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+        );
+        // RFC 5869 case 3: no salt, no info.
+        let okm = hkdf_sha256::<42>(&[], &ikm, &[]);
+        assert_eq!(
+            encoding::hex(&okm[..]),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"
+        );
+        assert_eq!(*okm, *hkdf_sha256::<42>(&[0u8; 32], &ikm, &[]));
+    }
+
+    #[test]
+    fn aes256gcm_with_full_tag_matches_nist_case_14_and_rejects_any_change() {
+        let sealed = aes256gcm_seal(&[0; 32], &[0; 12], b"", &[0; 16]);
+        assert_eq!(
+            encoding::hex(&sealed),
+            "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"
+        );
+        assert_eq!(
+            &aes256gcm_open(&[0; 32], &[0; 12], b"", &sealed).unwrap()[..],
+            &[0; 16]
+        );
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert_eq!(
+                aes256gcm_open(&[0; 32], &[0; 12], b"", &bad).unwrap_err(),
+                CryptoError::BadMac
+            );
+        }
+        assert!(aes256gcm_open(&[0; 32], &[0; 12], b"x", &sealed).is_err());
+        assert!(aes256gcm_open(&[0; 32], &[1; 12], b"", &sealed).is_err());
+        assert!(aes256gcm_open(&[1; 32], &[0; 12], b"", &sealed).is_err());
+        assert!(aes256gcm_open(&[0; 32], &[0; 12], b"", &sealed[..15]).is_err());
+    }
+
+    #[test]
+    fn ed25519_matches_rfc8032_test_1_and_rejects_other_messages() {
+        let seed: [u8; 32] =
+            encoding::unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+                .unwrap();
+        let signer = Ed25519Signer::from_seed(&seed);
+        assert_eq!(
+            encoding::hex(&signer.public()),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
+        let sig = signer.sign(b"");
+        assert_eq!(
+            encoding::hex(&sig),
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+             5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        );
+        assert_eq!(ed25519_verify(&signer.public(), b"", &sig), Ok(()));
+        assert_eq!(
+            ed25519_verify(&signer.public(), b"x", &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            ed25519_verify(&signer.public(), b"", &sig[..63]),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(format!("{signer:?}"), "Ed25519Signer(<redacted>)");
+        let other = Ed25519Signer::generate().unwrap();
+        assert_ne!(other.public(), signer.public());
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //!   `encode` and `decode`; the payload text lives there only.
 //! - [`accounts`]: the server's `users` file (PHC lines), password checking, the PBKDF2
 //!   gate and the administration commands.
+//! - [`e2e`]: the end-to-end layer, no I/O: the `MPE1` envelope the client uses today
+//!   ([`e2e::v1`]) and the v2 pieces (envelopes, membership statement, sender-key
+//!   ratchet, session state bytes) the client integration will switch to.
 //!
 //! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
 //! (`mpchat`) is netcat-style. `bin/mpchatd.rs` and `bin/mpchat.rs` hold only

@@ -22,6 +22,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use mpchat::crypto::{self, AeadKey, Direction, RsaPrivate};
+use mpchat::e2e::members::Statement;
+use mpchat::e2e::sender_key::{OwnSenderKey, PeerSenderKeys};
+use mpchat::e2e::state::SessionState;
 use mpchat::mtp::{self, Header, MsgType, Receiver, Sender};
 use mpchat::proto::{self, ServerMessage};
 use mpchat::{accounts, client, e2e, encoding, login, session, store};
@@ -222,6 +225,10 @@ fn targets() -> Vec<Target> {
     let envelope = e2e::seal(5, 0xaa, &author, &[(0xbb, &me_pub)], "hello").unwrap();
     let author_pub = author.public();
     let status = format!("OK\nlive alice\nalice 00000000000000aa accepted online 3 {user_key}\nbob 00000000000000bb invited offline 0\n");
+    // The v2 receiver is the server test key (a `&'static`, shared by the closures).
+    let v2 = v2_seeds(&author, key);
+    let v2_author = author.public();
+    let v2_sid = V2_SID;
 
     vec![
         Target {
@@ -422,6 +429,38 @@ fn targets() -> Vec<Target> {
             }),
         },
         Target {
+            name: "e2e-v2-envelope",
+            weight: 8,
+            max_alloc: 128 * 1024,
+            seeds: v2.envelopes,
+            run: Box::new(move |input| {
+                let _ = e2e::envelope::kind(input);
+                let _ = e2e::envelope::parse_statement(input);
+                let _ = e2e::envelope::parse_message(input);
+                if e2e::envelope::parse_sender_key(input).is_ok() {
+                    // Signature first: a mutated copy rarely reaches the RSA decryption.
+                    let _ = PeerSenderKeys::new()
+                        .receive_distribution(input, v2_sid, 0xaa, &v2_author, 0xbb, key);
+                }
+                let _ = Statement::verify(input, v2_sid, 0xaa, "alice", &v2_author);
+                let mut peer = v2.peer.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(p) = peer.as_mut() {
+                    let _ = p.open_message(input, v2_sid, 0xaa);
+                }
+            }),
+        },
+        Target {
+            name: "e2e-v2-state",
+            weight: 8,
+            max_alloc: 64 * 1024,
+            seeds: v2.states,
+            run: Box::new(|input| {
+                if let Ok(s) = SessionState::decode(input) {
+                    assert_eq!(&s.encode()[..], input, "decode then encode is the identity");
+                }
+            }),
+        },
+        Target {
             name: "encoding",
             weight: 5,
             max_alloc: 64 * 1024,
@@ -504,6 +543,51 @@ fn store_record_seeds(key: &str) -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+const V2_SID: u64 = 5;
+
+/// Seeds for the v2 targets: a statement, a distribution and two messages by 0xaa
+/// (`author`) to 0xbb (`me`), the receiver's keys (messages open against a copy that
+/// moves on, which is what a real client does), and encoded session states.
+struct V2Seeds {
+    envelopes: Vec<Vec<u8>>,
+    states: Vec<Vec<u8>>,
+    peer: std::sync::Mutex<Option<PeerSenderKeys>>,
+}
+
+fn v2_seeds(author: &RsaPrivate, me: &RsaPrivate) -> V2Seeds {
+    let st = Statement::sign(V2_SID, 0xaa, "alice", &["bob", "carol"], 1, author).unwrap();
+    let mut own = OwnSenderKey::generate(0, None).unwrap();
+    let me_pub = me.public();
+    let mpk2 = own
+        .distribution(V2_SID, 0xaa, author, &[(0xbb, &me_pub)])
+        .unwrap();
+    own.mark_holders(&[0xbb]).unwrap();
+    let m0 = own.seal(V2_SID, 0xaa, 0, "hello").unwrap();
+    let _skipped = own.seal(V2_SID, 0xaa, 0, "skipped").unwrap();
+    let m2 = own.seal(V2_SID, 0xaa, 0, "after a gap").unwrap();
+    let mut state = SessionState::new(V2_SID);
+    state
+        .receive_statement(st.bytes(), 0xaa, "alice", &author.public())
+        .unwrap();
+    state
+        .receive_distribution(&mpk2, 0xaa, &author.public(), 0xbb, me)
+        .unwrap();
+    let mut peer = PeerSenderKeys::new();
+    peer.receive_distribution(&mpk2, V2_SID, 0xaa, &author.public(), 0xbb, me)
+        .unwrap();
+    let full = {
+        state.open_message(&m2, 0xaa).unwrap();
+        state.own = Some(own);
+        state.last_n = 3;
+        state.encode().to_vec()
+    };
+    V2Seeds {
+        envelopes: vec![st.bytes().to_vec(), mpk2, m0, m2],
+        states: vec![SessionState::new(V2_SID).encode().to_vec(), full],
+        peer: std::sync::Mutex::new(Some(peer)),
+    }
 }
 
 fn regressions_dir() -> PathBuf {

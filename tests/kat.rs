@@ -9,7 +9,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
 use mpchat::crypto::{self, AeadKey, CryptoError, Direction, RsaPrivate, RsaPublic};
+use mpchat::e2e::envelope::{self, EnvelopeError};
+use mpchat::e2e::members::Statement;
+use mpchat::e2e::ratchet::{Arrival, ChainKey, MessageKey, ReceivingChain};
+use mpchat::e2e::sender_key::{self, DistributionOutcome, OwnSenderKey, PeerKey, PeerSenderKeys};
 use mpchat::encoding;
 use mpchat::mtp::{self, Header, MsgType, MtpError, Receiver, Sender};
 use mpchat::proto::{self, ServerMessage};
@@ -45,6 +51,31 @@ const KINDS: &[(&str, &[&str])] = &[
     ("pss", &["public_key_file", "salt", "message", "signature"]),
     ("pss_reject", &["public_key_file", "message", "signature", "good_message",
                      "good_signature"]),
+    ("chain", &["chain_key", "iteration", "steps", "seeds", "message_keys",
+                "next_chain_keys"]),
+    ("chain_jump", &["chain_key", "iteration", "target", "chain_key_at_target"]),
+    ("message_key", &["seed", "aes_key", "nonce"]),
+    ("mps2", &["sid", "creator_uid", "creator_name", "created_ms", "invitees",
+               "creator_public_key_file", "pss_salt", "signed", "statement"]),
+    ("mps2_reject", &["sid", "creator_uid", "creator_name", "creator_public_key_file",
+                      "expect", "statement", "good_sid", "good_creator_uid",
+                      "good_creator_name", "good_statement"]),
+    ("mpk2", &["sid", "author_uid", "author_public_key_file", "me_uid",
+               "me_private_key_file", "key_id", "iteration", "chain_key", "signing_seed",
+               "signing_public", "commitment", "recipient_uids", "oaep_seeds", "pss_salt",
+               "signed", "envelope", "outcome"]),
+    ("mpk2_reject", &["sid", "author_uid", "author_public_key_file", "me_uid",
+                      "me_private_key_file", "known_key_id", "known_signing_public",
+                      "known_commitment", "known_first_iteration", "known_position",
+                      "known_chain_key", "expect", "envelope", "good_sid",
+                      "good_author_uid", "good_envelope"]),
+    ("mpm2", &["sid", "author_uid", "key_id", "iteration", "sent_ms", "chain_key",
+               "signing_seed", "signing_public", "text_text", "seed", "aes_key", "nonce",
+               "aad", "envelope", "receiver_chain_key", "receiver_position", "arrival"]),
+    ("mpm2_reject", &["sid", "author_uid", "key_id", "signing_public",
+                      "receiver_chain_key", "receiver_position", "expect", "envelope",
+                      "good_sid", "good_author_uid", "good_receiver_chain_key",
+                      "good_receiver_position", "good_envelope"]),
 ];
 
 fn vector_dir() -> PathBuf {
@@ -94,6 +125,28 @@ impl Block {
 
     fn u64(&self, key: &str) -> Result<u64, String> {
         Ok(u64::from_be_bytes(self.array(key)?))
+    }
+
+    fn u32(&self, key: &str) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.array(key)?))
+    }
+
+    fn i64(&self, key: &str) -> Result<i64, String> {
+        Ok(i64::from_be_bytes(self.array(key)?))
+    }
+
+    /// The private key in the file named by field `key`.
+    fn private_key_in(&self, key: &str) -> Result<RsaPrivate, String> {
+        let file = self.get(key)?;
+        crypto::read_private_key(&vector_dir().join(file))
+            .map_err(|e| format!("read_private_key({file}): {e}"))
+    }
+
+    /// The public key in the file named by field `key`.
+    fn public_key_in(&self, key: &str) -> Result<RsaPublic, String> {
+        let file = self.get(key)?;
+        crypto::read_public_key(&vector_dir().join(file))
+            .map_err(|e| format!("read_public_key({file}): {e}"))
     }
 
     fn text(&self, key: &str) -> Result<String, String> {
@@ -914,6 +967,486 @@ fn pss_reject_vectors_do_not_verify() {
             Ok(()) => Err("verified, but must be rejected".into()),
         }
     });
+}
+
+// ---------------------------------------------------------------------------------
+// End-to-end v2: chain, message keys, MPS2, MPK2, MPM2
+
+/// The `expect` name of a v2 error, as generate.py writes it.
+fn expect_name(e: &mpchat::e2e::Error) -> String {
+    use mpchat::e2e::Error as E;
+    let name = match e {
+        E::Envelope(v) => match v {
+            EnvelopeError::TooLarge => "too-large",
+            EnvelopeError::UnknownKind => "unknown-kind",
+            EnvelopeError::Truncated(_) => "truncated",
+            EnvelopeError::TrailingBytes => "trailing-bytes",
+            EnvelopeError::ZeroUid => "zero-uid",
+            EnvelopeError::ZeroKeyId => "zero-key-id",
+            EnvelopeError::NameLength => "name-length",
+            EnvelopeError::InvalidName => "invalid-name",
+            EnvelopeError::NamesNotAscending => "names-not-ascending",
+            EnvelopeError::CreatorInvited => "creator-invited",
+            EnvelopeError::InviteeCount => "invitee-count",
+            EnvelopeError::EntryCount => "entry-count",
+            EnvelopeError::EntriesNotIncreasing => "entries-not-increasing",
+            EnvelopeError::WrappedKeyLength => "wrapped-key-length",
+            EnvelopeError::SignatureLength => "signature-length",
+            EnvelopeError::CiphertextTooShort => "ciphertext-too-short",
+        },
+        E::BadSignature => "bad-signature",
+        E::WrongCreator => "wrong-creator",
+        E::NoSenderKey { .. } => "no-sender-key",
+        E::Unwrap => "unwrap",
+        E::CommitmentMismatch => "commitment-mismatch",
+        E::ConflictingSenderKey => "conflicting-sender-key",
+        E::AuthorIsRecipient => "author-is-recipient",
+        E::OldOrReplayed { .. } => "old-or-replayed",
+        E::TooFarAhead { .. } => "too-far-ahead",
+        E::CannotOpen => "cannot-open",
+        E::NotUtf8 => "not-utf8",
+        other => return format!("{other:?}"),
+    };
+    name.to_string()
+}
+
+fn expect_rejected<T: std::fmt::Debug>(b: &Block, got: Result<T, mpchat::e2e::Error>) -> Check {
+    let want = b.get("expect")?;
+    match got {
+        Ok(v) => Err(format!(
+            "accepted ({v:?}), but must be rejected with {want}"
+        )),
+        Err(e) if expect_name(&e) == want => Ok(()),
+        Err(e) => Err(format!("rejected with {e:?}, expected {want}")),
+    }
+}
+
+#[test]
+fn chain_vectors_give_the_seeds_message_keys_and_next_chain_keys() {
+    for_each("chain", |b| {
+        let steps = b.u32("steps")? as usize;
+        let (seeds, mks, nexts) = (
+            b.hex("seeds")?,
+            b.hex("message_keys")?,
+            b.hex("next_chain_keys")?,
+        );
+        ensure(
+            seeds.len() == 32 * steps && mks.len() == 44 * steps && nexts.len() == 32 * steps,
+            || "list lengths do not match steps".into(),
+        )?;
+        let mut ck = ChainKey::new(b.array("chain_key")?, b.u32("iteration")?);
+        for k in 0..steps {
+            same(
+                &format!("seed {k}"),
+                &ck.seed()[..],
+                &seeds[32 * k..32 * (k + 1)],
+            )?;
+            same(
+                &format!("message key {k}"),
+                ck.message_key().bytes(),
+                &mks[44 * k..44 * (k + 1)],
+            )?;
+            ck = ck.next().map_err(|e| format!("next: {e}"))?;
+            same(
+                &format!("next chain key {k}"),
+                ck.key_bytes(),
+                &nexts[32 * k..32 * (k + 1)],
+            )?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn chain_jump_vectors_derive_forward() {
+    for_each("chain_jump", |b| {
+        let ck = ChainKey::new(b.array("chain_key")?, b.u32("iteration")?);
+        let target = b.u32("target")?;
+        let at = ck
+            .advanced_to(target)
+            .ok_or("advanced_to refused a forward target")?;
+        ensure(at.iteration() == target, || "iteration".into())?;
+        same(
+            "chain key at target",
+            at.key_bytes(),
+            &b.hex("chain_key_at_target")?,
+        )
+    });
+}
+
+#[test]
+fn message_key_vectors_match_hkdf_of_the_seed() {
+    for_each("message_key", |b| {
+        let mk = MessageKey::from_seed(0, &b.array("seed")?);
+        same("aes key", &mk.bytes()[..32], &b.hex("aes_key")?)?;
+        same("nonce", &mk.bytes()[32..], &b.hex("nonce")?)
+    });
+}
+
+fn private_of_public_file(b: &Block, field: &str) -> Result<RsaPrivate, String> {
+    let file = b.get(field)?.replace(".pub", ".pem");
+    crypto::read_private_key(&vector_dir().join(&file))
+        .map_err(|e| format!("read_private_key({file}): {e}"))
+}
+
+#[test]
+fn mps2_vectors_verify_and_rust_builds_the_same_signed_part() {
+    for_each("mps2", |b| {
+        let key = b.public_key_in("creator_public_key_file")?;
+        let (sid, uid, name) = (b.u64("sid")?, b.u64("creator_uid")?, b.get("creator_name")?);
+        let st = Statement::verify(&b.hex("statement")?, sid, uid, name, &key)
+            .map_err(|e| format!("verify: {e}"))?;
+        let invitees: Vec<&str> = b.get("invitees")?.split(' ').collect();
+        ensure(st.invitees() == invitees, || {
+            format!("invitees {:?}", st.invitees())
+        })?;
+        ensure(st.created_ms() == b.u64("created_ms")?, || {
+            "created_ms".into()
+        })?;
+        let signed = b.hex("signed")?;
+        let fields = envelope::parse_statement(st.bytes())
+            .map_err(|e| format!("parse: {e}"))?
+            .fields;
+        let rebuilt =
+            envelope::statement_signed_part(&fields).map_err(|e| format!("build: {e}"))?;
+        same("rebuilt signed part", &rebuilt, &signed)?;
+        // Rust's own statement from the same inputs: the same bytes up to the
+        // (randomly salted) signature, and it verifies.
+        let private = private_of_public_file(b, "creator_public_key_file")?;
+        let mine = Statement::sign(sid, uid, name, &invitees, st.created_ms(), &private)
+            .map_err(|e| format!("sign: {e}"))?;
+        same("Rust's signed part", &mine.bytes()[..signed.len()], &signed)?;
+        Statement::verify(mine.bytes(), sid, uid, name, &key)
+            .map(|_| ())
+            .map_err(|e| format!("Rust's statement does not verify: {e}"))
+    });
+}
+
+#[test]
+fn mps2_reject_vectors_are_refused_for_the_named_reason() {
+    for_each("mps2_reject", |b| {
+        let key = b.public_key_in("creator_public_key_file")?;
+        Statement::verify(
+            &b.hex("good_statement")?,
+            b.u64("good_sid")?,
+            b.u64("good_creator_uid")?,
+            b.get("good_creator_name")?,
+            &key,
+        )
+        .map_err(|e| format!("the good statement it was derived from failed: {e}"))?;
+        let got = Statement::verify(
+            &b.hex("statement")?,
+            b.u64("sid")?,
+            b.u64("creator_uid")?,
+            b.get("creator_name")?,
+            &key,
+        );
+        expect_rejected(b, got)
+    });
+}
+
+#[test]
+fn mpk2_vectors_open_check_the_commitment_and_store_the_chain() {
+    for_each("mpk2", |b| {
+        let (sid, author) = (b.u64("sid")?, b.u64("author_uid")?);
+        let author_key = b.public_key_in("author_public_key_file")?;
+        let me_key = b.private_key_in("me_private_key_file")?;
+        let env = b.hex("envelope")?;
+        let (key_id, iteration) = (b.u32("key_id")?, b.u32("iteration")?);
+        let ck: [u8; 32] = b.array("chain_key")?;
+        let spk: [u8; 32] = b.array("signing_public")?;
+        let commitment = b.hex("commitment")?;
+        same(
+            "commitment",
+            &sender_key::commitment(sid, author, key_id, iteration, &ck, &spk),
+            &commitment,
+        )?;
+        let view = envelope::parse_sender_key(&env).map_err(|e| format!("parse: {e}"))?;
+        let signed = b.hex("signed")?;
+        same("signed part", view.signed, &signed)?;
+        same(
+            "rebuilt signed part",
+            &envelope::sender_key_signed_part(&view.fields).map_err(|e| format!("{e}"))?,
+            &signed,
+        )?;
+        let uids: Vec<u8> = view
+            .fields
+            .entries
+            .iter()
+            .flat_map(|e| e.uid.to_be_bytes())
+            .collect();
+        same("recipient uids", &uids, &b.hex("recipient_uids")?)?;
+        let mut peer = PeerSenderKeys::new();
+        let got = peer
+            .receive_distribution(&env, sid, author, &author_key, b.u64("me_uid")?, &me_key)
+            .map_err(|e| format!("receive_distribution: {e:?}"))?;
+        match (b.get("outcome")?, got) {
+            (
+                "stored",
+                DistributionOutcome::Stored {
+                    key_id: k,
+                    iteration: i,
+                },
+            ) if k == key_id && i == iteration => {
+                let held = peer.get(key_id).ok_or("stored, but not held")?;
+                same(
+                    "stored chain key",
+                    held.chain().chain_key().key_bytes(),
+                    &ck,
+                )?;
+                same("stored commitment", held.commitment(), &commitment)?;
+                ensure(held.chain().position() == iteration, || "position".into())?;
+            }
+            ("not-for-us", DistributionOutcome::NotForUs) => {
+                ensure(peer.is_empty(), || "stored a key without an entry".into())?;
+            }
+            (want, got) => return Err(format!("outcome {got:?}, expected {want}")),
+        }
+        // Rust's distribution of the same key: the same bytes up to the first entry
+        // (OAEP and PSS are randomised), and it opens for the same receiver.
+        let own = OwnSenderKey::from_parts(
+            key_id,
+            ChainKey::new(ck, iteration),
+            &b.array("signing_seed")?,
+            0,
+            BTreeSet::new(),
+        )
+        .map_err(|e| format!("{e}"))?;
+        let author_private = private_of_public_file(b, "author_public_key_file")?;
+        let recipients: Vec<(u64, RsaPublic)> = view
+            .fields
+            .entries
+            .iter()
+            .zip(["user_bob_test_key.pub", "user_carol_test_key.pub"])
+            .map(|(e, f)| {
+                (
+                    e.uid,
+                    crypto::read_public_key(&vector_dir().join(f)).unwrap(),
+                )
+            })
+            .collect();
+        let refs: Vec<(u64, &RsaPublic)> = recipients.iter().map(|(u, k)| (*u, k)).collect();
+        let mine = own
+            .distribution(sid, author, &author_private, &refs)
+            .map_err(|e| format!("distribution: {e}"))?;
+        same(
+            "Rust's distribution head",
+            &mine[..envelope::SENDER_KEY_HEAD_LEN],
+            &env[..envelope::SENDER_KEY_HEAD_LEN],
+        )?;
+        let again = PeerSenderKeys::new().receive_distribution(
+            &mine,
+            sid,
+            author,
+            &author_key,
+            b.u64("me_uid")?,
+            &me_key,
+        );
+        ensure(matches!(again, Ok(o) if o == got), || {
+            format!("Rust's distribution gave {again:?}")
+        })
+    });
+}
+
+#[test]
+fn mpk2_reject_vectors_are_refused_for_the_named_reason() {
+    for_each("mpk2_reject", |b| {
+        let author_key = b.public_key_in("author_public_key_file")?;
+        let me_key = b.private_key_in("me_private_key_file")?;
+        let me = b.u64("me_uid")?;
+        let good = PeerSenderKeys::new().receive_distribution(
+            &b.hex("good_envelope")?,
+            b.u64("good_sid")?,
+            b.u64("good_author_uid")?,
+            &author_key,
+            me,
+            &me_key,
+        );
+        ensure(
+            matches!(good, Ok(DistributionOutcome::Stored { .. })),
+            || format!("the good distribution it was derived from gave {good:?}"),
+        )?;
+        let mut peer = PeerSenderKeys::new();
+        let known_id = b.u32("known_key_id")?;
+        if known_id != 0 {
+            let position = b.u32("known_position")?;
+            let key = PeerKey::from_parts(
+                known_id,
+                b.array("known_signing_public")?,
+                b.array("known_commitment")?,
+                b.u32("known_first_iteration")?,
+                ReceivingChain::new(ChainKey::new(b.array("known_chain_key")?, position)),
+            )
+            .ok_or("known key refused")?;
+            peer = PeerSenderKeys::from_parts(vec![key], vec![]).ok_or("known keys refused")?;
+        }
+        let got = peer.receive_distribution(
+            &b.hex("envelope")?,
+            b.u64("sid")?,
+            b.u64("author_uid")?,
+            &author_key,
+            me,
+            &me_key,
+        );
+        expect_rejected(b, got)
+    });
+}
+
+/// A receiver holding `key_id` with its chain at `position`.
+fn receiver(
+    key_id: u32,
+    spk: [u8; 32],
+    ck: [u8; 32],
+    position: u32,
+) -> Result<PeerSenderKeys, String> {
+    let key = PeerKey::from_parts(
+        key_id,
+        spk,
+        [0; 32],
+        position,
+        ReceivingChain::new(ChainKey::new(ck, position)),
+    )
+    .ok_or("receiver key refused")?;
+    PeerSenderKeys::from_parts(vec![key], vec![]).ok_or_else(|| "receiver refused".into())
+}
+
+#[test]
+fn mpm2_vectors_seal_to_the_exact_bytes_and_open_to_the_text() {
+    for_each("mpm2", |b| {
+        let (sid, author) = (b.u64("sid")?, b.u64("author_uid")?);
+        let (key_id, iteration, sent_ms) =
+            (b.u32("key_id")?, b.u32("iteration")?, b.i64("sent_ms")?);
+        let ck = ChainKey::new(b.array("chain_key")?, iteration);
+        same("seed", &ck.seed()[..], &b.hex("seed")?)?;
+        let mk = ck.message_key();
+        same("aes key", &mk.bytes()[..32], &b.hex("aes_key")?)?;
+        same("nonce", &mk.bytes()[32..], &b.hex("nonce")?)?;
+        let env = b.hex("envelope")?;
+        let mut aad = sender_key::MESSAGE_AAD_CONTEXT.to_vec();
+        aad.extend_from_slice(&sid.to_be_bytes());
+        aad.extend_from_slice(&author.to_be_bytes());
+        aad.extend_from_slice(&env[..envelope::MESSAGE_HEADER_LEN.min(env.len())]);
+        same("aad", &aad, &b.hex("aad")?)?;
+        let text = b.text("text_text")?;
+        let mut own = OwnSenderKey::from_parts(
+            key_id,
+            ck,
+            &b.array("signing_seed")?,
+            sent_ms,
+            BTreeSet::new(),
+        )
+        .map_err(|e| format!("{e}"))?;
+        same(
+            "signing public key",
+            &own.signing_public(),
+            &b.hex("signing_public")?,
+        )?;
+        let sealed = own
+            .seal(sid, author, sent_ms, &text)
+            .map_err(|e| format!("seal: {e}"))?;
+        same("Rust's envelope", &sealed, &env)?;
+        ensure(own.chain_key().iteration() == iteration + 1, || {
+            "seal did not advance the chain".into()
+        })?;
+        let mut rx = receiver(
+            key_id,
+            b.array("signing_public")?,
+            b.array("receiver_chain_key")?,
+            b.u32("receiver_position")?,
+        )?;
+        let opened = rx
+            .open_message(&env, sid, author)
+            .map_err(|e| format!("open_message: {e:?}"))?;
+        ensure(opened.text == text, || "opened another text".into())?;
+        ensure(
+            opened.sent_ms == sent_ms && opened.iteration == iteration,
+            || "sent_ms or iteration".into(),
+        )?;
+        let arrival = match opened.arrival {
+            Arrival::InOrder => "in-order".to_string(),
+            Arrival::AfterGap { missing } => format!("missing-{missing}"),
+            Arrival::Late => "late".to_string(),
+        };
+        ensure(arrival == b.get("arrival")?, || {
+            format!("arrival {arrival}")
+        })?;
+        let again = rx.open_message(&env, sid, author);
+        ensure(
+            matches!(again, Err(mpchat::e2e::Error::OldOrReplayed { .. })),
+            || format!("opened twice: {again:?}"),
+        )
+    });
+}
+
+#[test]
+fn mpm2_reject_vectors_are_refused_for_the_named_reason() {
+    for_each("mpm2_reject", |b| {
+        let key_id = b.u32("key_id")?;
+        let spk = b.array("signing_public")?;
+        let mut good = receiver(
+            key_id,
+            spk,
+            b.array("good_receiver_chain_key")?,
+            b.u32("good_receiver_position")?,
+        )?;
+        good.open_message(
+            &b.hex("good_envelope")?,
+            b.u64("good_sid")?,
+            b.u64("good_author_uid")?,
+        )
+        .map_err(|e| format!("the good message it was derived from failed: {e:?}"))?;
+        let mut rx = receiver(
+            key_id,
+            spk,
+            b.array("receiver_chain_key")?,
+            b.u32("receiver_position")?,
+        )?;
+        let got = rx.open_message(&b.hex("envelope")?, b.u64("sid")?, b.u64("author_uid")?);
+        expect_rejected(b, got)
+    });
+}
+
+#[test]
+fn e2e_reject_vectors_cover_every_check() {
+    let blocks = load_all();
+    let seen: Vec<String> = blocks
+        .iter()
+        .filter(|b| b.kind.starts_with("mp") && b.kind.ends_with("_reject"))
+        .filter_map(|b| b.get("expect").ok().map(str::to_string))
+        .collect();
+    let wanted: Vec<String> = [
+        "too-large",
+        "unknown-kind",
+        "truncated",
+        "trailing-bytes",
+        "zero-uid",
+        "zero-key-id",
+        "name-length",
+        "invalid-name",
+        "names-not-ascending",
+        "creator-invited",
+        "invitee-count",
+        "entry-count",
+        "entries-not-increasing",
+        "wrapped-key-length",
+        "signature-length",
+        "ciphertext-too-short",
+        "bad-signature",
+        "wrong-creator",
+        "no-sender-key",
+        "unwrap",
+        "commitment-mismatch",
+        "conflicting-sender-key",
+        "author-is-recipient",
+        "old-or-replayed",
+        "too-far-ahead",
+        "cannot-open",
+        "not-utf8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    coverage("*_reject", "expect", &seen, &wanted);
 }
 
 // ---------------------------------------------------------------------------------

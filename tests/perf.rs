@@ -224,3 +224,106 @@ fn server_rss_per_idle_logged_in_connection() {
     );
     drop(conns);
 }
+
+/// End-to-end v2 costs at 50 participants (49 recipients, RSA-3072 identity keys, a
+/// 100-byte text): the one-time `MPK2` build and open, per-message seal and open, and
+/// a 10,000-message backlog read in order. Client CPU on one core; never asserted.
+/// Every recipient entry uses the same public key (the cost of an OAEP wrap does not
+/// depend on whose key it is), so only two RSA-3072 keys are generated.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn e2e_v2_costs_at_50_participants() {
+    use mpchat::crypto::RsaPublic;
+    use mpchat::e2e::sender_key::{OwnSenderKey, PeerSenderKeys};
+    use mpchat::e2e::state::SessionState;
+
+    const SID: u64 = 0x5e55;
+    const AUTHOR: u64 = 1;
+    const ME: u64 = 2;
+    let t = Instant::now();
+    let other = std::thread::spawn(|| RsaPrivate::generate(3072).unwrap());
+    let author = RsaPrivate::generate(3072).unwrap();
+    let me = other.join().unwrap();
+    println!("two RSA-3072 keys generated in {:?}", t.elapsed());
+    let (author_pub, me_pub) = (author.public(), me.public());
+    let recipients: Vec<(u64, &RsaPublic)> = (ME..ME + 49).map(|uid| (uid, &me_pub)).collect();
+    let text = "x".repeat(100);
+
+    let mut own = OwnSenderKey::generate(0, None).unwrap();
+    let mut builds: Vec<Duration> = Vec::new();
+    let mut mpk2 = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        mpk2 = own.distribution(SID, AUTHOR, &author, &recipients).unwrap();
+        builds.push(t.elapsed());
+    }
+    let mut opens = Vec::new();
+    for _ in 0..20 {
+        let mut peer = PeerSenderKeys::new();
+        let t = Instant::now();
+        peer.receive_distribution(&mpk2, SID, AUTHOR, &author_pub, ME, &me)
+            .unwrap();
+        opens.push(t.elapsed());
+    }
+    println!(
+        "MPK2 for 49 recipients (RSA-3072): {} bytes, build {:?} (median of 5), open {:?} (median of 20)",
+        mpk2.len(),
+        median(&builds),
+        median(&opens)
+    );
+
+    let mut reader = SessionState::new(SID);
+    reader
+        .receive_distribution(&mpk2, AUTHOR, &author_pub, ME, &me)
+        .unwrap();
+    // 10,000 messages; the sender rotates every 1,000 (the count rule), so the stream
+    // holds nine more MPK2s, as a real backlog would.
+    let n = 10_000;
+    let mut stream: Vec<(bool, Vec<u8>)> = Vec::new();
+    let mut seal = Duration::ZERO;
+    for i in 0..n {
+        if i > 0 && i % 1_000 == 0 {
+            own = OwnSenderKey::generate(0, Some(own.key_id())).unwrap();
+            let d = own.distribution(SID, AUTHOR, &author, &recipients).unwrap();
+            stream.push((true, d));
+        }
+        let t = Instant::now();
+        let env = own.seal(SID, AUTHOR, 0, &text).unwrap();
+        seal += t.elapsed();
+        stream.push((false, env));
+    }
+    println!(
+        "MPM2 of a 100-byte text: {} bytes; seal {:.1} us each ({n} in {seal:?})",
+        stream[0].1.len(),
+        seal.as_secs_f64() * 1e6 / n as f64,
+    );
+    let mut open = Duration::ZERO;
+    let t = Instant::now();
+    for (is_key, env) in &stream {
+        if *is_key {
+            reader
+                .receive_distribution(env, AUTHOR, &author_pub, ME, &me)
+                .unwrap();
+        } else {
+            let t = Instant::now();
+            std::hint::black_box(reader.open_message(env, AUTHOR).unwrap());
+            open += t.elapsed();
+        }
+    }
+    let read = t.elapsed();
+    println!(
+        "MPM2 open {:.1} us each; the 10,000-message backlog (with 9 rotations) read in order in {read:?}",
+        open.as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    let bytes = reader.encode();
+    let encode = t.elapsed();
+    let t = Instant::now();
+    let back = SessionState::decode(&bytes).unwrap();
+    let decode = t.elapsed();
+    drop(back);
+    println!(
+        "reader state: {} bytes, encode {encode:?}, decode {decode:?}",
+        bytes.len()
+    );
+}

@@ -2,16 +2,17 @@
 """Generates mpchat's known-answer test vectors with an independent implementation.
 
 Everything here follows /work/shared/DESIGN.md ("MTP framing", "Login", "Fine points")
-and uses Python's `cryptography` package (AES-GCM, HKDF, HMAC, SHA-256, X25519, RSA),
+and the end-to-end v2 design (issue 11: sender-key chain, MPS2 / MPK2 / MPM2), and uses
+Python's `cryptography` package (AES-GCM, HKDF, HMAC, SHA-256, X25519, Ed25519, RSA),
 never the Rust crate. `tests/kat.rs` checks the crate against the files written here.
 
 Run from anywhere:  python3 tests/vectors/generate.py
 The output is deterministic: every input is fixed (derived from a label with SHA-256),
 the two RSA padding operations use fixed seeds / salts (implemented below and checked
-against `cryptography`'s own OAEP decryption and PSS verification), and the RSA key is
-read from the committed server_test_key.pem. The only randomness is the one-time
-generation of that key when the file does not exist; delete it to make a new one (and
-every RSA-dependent vector changes). Running the script twice gives identical files.
+against `cryptography`'s own OAEP decryption and PSS verification), Ed25519 and GCM are
+deterministic, and the RSA keys are read from the committed server_test_key.pem and
+user_*_test_key.pem. The only randomness is the one-time generation of those keys when
+a file does not exist; delete one to make a new one (and every vector using it changes). Running the script twice gives identical files.
 
 File format (parsed by tests/kat.rs with std only):
   - `# ...` lines are comments; a blank line ends a block.
@@ -957,6 +958,780 @@ and good_signature are the valid pair each was derived from.""")
     out.write()
 
 
+# ---------------------------------------------------------------------------------
+# End-to-end v2 (issue 11; /work/wt/notes/E2E_V2.md, man/mpchat-protocol.7 END-TO-END
+# ENVELOPE): the sender-key chain, message keys, and the MPS2 / MPK2 / MPM2 envelopes,
+# written out here from the layouts, independently of the Rust code. Every reject
+# vector is first rejected by the reference openers below, for the reason recorded.
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+E2E_MAX_ENVELOPE = 65491
+E2E_MAX_RECIPIENTS = 99
+E2E_MAX_NAME = 32
+E2E_MIN_RSA, E2E_MAX_RSA = 256, 512
+E2E_FORWARD_BOUND = 2000
+MEMBERS_CONTEXT = b"mpchat v2 members"
+SENDER_KEY_CONTEXT = b"mpchat v2 sender key"
+MESSAGE_AAD_CONTEXT = b"mpchat v2 message"
+MESSAGE_SIG_CONTEXT = b"mpchat v2 message sig"
+MESSAGE_KEY_INFO = b"mpchat v2 message key"
+USER_KEYS = {"alice": 2048, "bob": 3072, "carol": 4096}
+
+
+def load_or_create_user_key(name):
+    """A TEST-ONLY identity key per test user (user_<name>_test_key.pem / .pub), made
+    once with the size in USER_KEYS and committed, like server_test_key.pem."""
+    path = os.path.join(HERE, f"user_{name}_test_key.pem")
+    if not os.path.exists(path):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=USER_KEYS[name])
+        with open(path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    with open(path, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    assert key.key_size == USER_KEYS[name]
+    with open(path[:-4] + ".pub", "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
+
+
+def u32b(v):
+    return v.to_bytes(4, "big")
+
+
+def i64b(v):
+    return v.to_bytes(8, "big", signed=True)
+
+
+def hmac256(key, data):
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def chain_seed(ck):
+    return hmac256(ck, b"\x01")
+
+
+def chain_next(ck):
+    return hmac256(ck, b"\x02")
+
+
+def chain_advance(ck, steps):
+    for _ in range(steps):
+        ck = chain_next(ck)
+    return ck
+
+
+def message_key(seed):
+    """HKDF-SHA-256(salt = empty, IKM = seed, info = "mpchat v2 message key", L = 44)
+    -> (aes_key, nonce), cross-checked against the two-step form with 32 zero bytes."""
+    okm = HKDF(hashes.SHA256(), 44, None, MESSAGE_KEY_INFO).derive(seed)
+    prk = hkdf_extract(bytes(32), seed)
+    assert okm == HKDFExpand(hashes.SHA256(), 44, MESSAGE_KEY_INFO).derive(prk)
+    return okm[:32], okm[32:]
+
+
+def commitment(sid, author, key_id, iteration, ck, signing_public):
+    return sha256(SENDER_KEY_CONTEXT + u64hex(sid) + u64hex(author) + u32b(key_id)
+                  + u32b(iteration) + ck + signing_public)
+
+
+def ed_public(seed):
+    return ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def ed_sign(seed, msg):
+    return ed25519.Ed25519PrivateKey.from_private_bytes(seed).sign(msg)
+
+
+def ed_verify(public, sig, msg):
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(sig, msg)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def pss_verify(pub, sig, msg):
+    if len(sig) != (pub.key_size + 7) // 8:
+        return False
+    try:
+        pub.verify(sig, msg, PSS, hashes.SHA256())
+        return True
+    except InvalidSignature:
+        return False
+
+
+def rsa_len(key):
+    return (key.key_size + 7) // 8
+
+
+def signed_with_sig(signed, sig):
+    return signed + u16hex(len(sig)) + sig
+
+
+class E2eReject(Exception):
+    """An envelope a receiver must refuse; .category is the expect value of its vector."""
+
+    def __init__(self, category):
+        super().__init__(category)
+        self.category = category
+
+
+class Rd:
+    """A bounds-checked reader: running short raises E2eReject("truncated")."""
+
+    def __init__(self, b):
+        self.b, self.pos = b, 0
+
+    def take(self, n):
+        if n > len(self.b) - self.pos:
+            raise E2eReject("truncated")
+        out = self.b[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def int(self, n, signed=False):
+        return int.from_bytes(self.take(n), "big", signed=signed)
+
+    def left(self):
+        return len(self.b) - self.pos
+
+
+def valid_username(name):
+    return (1 <= len(name) <= 32 and name[0] in b"abcdefghijklmnopqrstuvwxyz0123456789"
+            and all(c in b"abcdefghijklmnopqrstuvwxyz0123456789._-" for c in name))
+
+
+def read_rsa_sig(r):
+    s = r.int(2)
+    if not E2E_MIN_RSA <= s <= E2E_MAX_RSA:
+        raise E2eReject("signature-length")
+    sig = r.take(s)
+    if r.left():
+        raise E2eReject("trailing-bytes")
+    return sig
+
+
+def magic(r, m):
+    if len(r.b) > E2E_MAX_ENVELOPE:
+        raise E2eReject("too-large")
+    if r.left() < 4 or r.take(4) != m:
+        raise E2eReject("unknown-kind")
+
+
+# --- MPS2 ---------------------------------------------------------------------
+
+def mps2_signed(creator_uid, created_ms, creator_name, invitees):
+    """The signed part, invitees written in the order given (reject vectors need bad
+    orders); names are bytes."""
+    out = b"MPS2" + u64hex(creator_uid) + u64hex(created_ms)
+    out += bytes([len(creator_name)]) + creator_name + bytes([len(invitees) % 256])
+    for n in invitees:
+        out += bytes([len(n)]) + n
+    return out
+
+
+def mps2_sign(key, sid, signed, salt):
+    return signed_with_sig(signed, pss_sign_fixed_salt(key, MEMBERS_CONTEXT + u64hex(sid)
+                                                       + signed, salt))
+
+
+def open_mps2(env, sid, creator_uid, creator_name, creator_pub):
+    """Reference receiver: returns (created_ms, invitees) or raises E2eReject."""
+    r = Rd(env)
+    magic(r, b"MPS2")
+    uid = r.int(8)
+    if uid == 0:
+        raise E2eReject("zero-uid")
+    created = r.int(8)
+
+    def name():
+        n = r.int(1)
+        if not 1 <= n <= E2E_MAX_NAME:
+            raise E2eReject("name-length")
+        v = r.take(n)
+        if not valid_username(v):
+            raise E2eReject("invalid-name")
+        return v
+
+    cname = name()
+    k = r.int(1)
+    if not 1 <= k <= E2E_MAX_RECIPIENTS:
+        raise E2eReject("invitee-count")
+    names = []
+    for _ in range(k):
+        v = name()
+        if names and names[-1] >= v:
+            raise E2eReject("names-not-ascending")
+        if v == cname:
+            raise E2eReject("creator-invited")
+        names.append(v)
+    signed = env[:r.pos]
+    sig = read_rsa_sig(r)
+    if uid != creator_uid or cname != creator_name:
+        raise E2eReject("wrong-creator")
+    if not pss_verify(creator_pub, sig, MEMBERS_CONTEXT + u64hex(sid) + signed):
+        raise E2eReject("bad-signature")
+    return created, names
+
+
+# --- MPK2 ---------------------------------------------------------------------
+
+def mpk2_signed(key_id, iteration, signing_public, commit, entries, count=None):
+    """entries: [(uid, wrapped)] in the order given."""
+    n = len(entries) if count is None else count
+    out = (b"MPK2" + u32b(key_id) + u32b(iteration) + signing_public + commit
+           + u16hex(n))
+    for uid, w in entries:
+        out += u64hex(uid) + u16hex(len(w)) + w
+    return out
+
+
+def mpk2_sign(key, sid, author, signed, salt):
+    return signed_with_sig(signed, pss_sign_fixed_salt(
+        key, SENDER_KEY_CONTEXT + u64hex(sid) + u64hex(author) + signed, salt))
+
+
+def open_mpk2(env, sid, author, author_pub, me_uid, me_key, known=None):
+    """Reference receiver of a distribution. known: None or dict(key_id, signing_public,
+    commitment, first_iteration, position, chain_key). Returns ("stored", ck) |
+    ("confirmed", None) | ("unchecked", None) | ("not-for-us", None), or raises."""
+    r = Rd(env)
+    magic(r, b"MPK2")
+    key_id = r.int(4)
+    if key_id == 0:
+        raise E2eReject("zero-key-id")
+    i = r.int(4)
+    spk = r.take(32)
+    commit = r.take(32)
+    count = r.int(2)
+    if not 1 <= count <= E2E_MAX_RECIPIENTS:
+        raise E2eReject("entry-count")
+    entries = []
+    for _ in range(count):
+        uid = r.int(8)
+        if uid == 0:
+            raise E2eReject("zero-uid")
+        if entries and entries[-1][0] >= uid:
+            raise E2eReject("entries-not-increasing")
+        w = r.int(2)
+        if not E2E_MIN_RSA <= w <= E2E_MAX_RSA:
+            raise E2eReject("wrapped-key-length")
+        entries.append((uid, r.take(w)))
+    signed = env[:r.pos]
+    sig = read_rsa_sig(r)
+    if not pss_verify(author_pub, sig, SENDER_KEY_CONTEXT + u64hex(sid) + u64hex(author)
+                      + signed):
+        raise E2eReject("bad-signature")
+    if any(uid == author for uid, _ in entries):
+        raise E2eReject("author-is-recipient")
+    ck = None
+    for uid, w in entries:
+        if uid == me_uid:
+            try:
+                ck = me_key.decrypt(w, OAEP)
+            except ValueError:
+                raise E2eReject("unwrap")
+            if len(ck) != 32:
+                raise E2eReject("unwrap")
+            if commitment(sid, author, key_id, i, ck, spk) != commit:
+                raise E2eReject("commitment-mismatch")
+    if known and known["key_id"] == key_id:
+        if known["signing_public"] != spk:
+            raise E2eReject("conflicting-sender-key")
+        p = known["position"]
+        if p <= i <= p + E2E_FORWARD_BOUND:
+            ours = chain_advance(known["chain_key"], i - p)
+            if commitment(sid, author, key_id, i, ours, spk) != commit:
+                raise E2eReject("conflicting-sender-key")
+            return "confirmed", None
+        if i == known["first_iteration"]:
+            if known["commitment"] != commit:
+                raise E2eReject("conflicting-sender-key")
+            return "confirmed", None
+        return "unchecked", None
+    if ck is None:
+        return "not-for-us", None
+    return "stored", ck
+
+
+# --- MPM2 ---------------------------------------------------------------------
+
+def mpm2_header(key_id, iteration, sent_ms):
+    return b"MPM2" + u32b(key_id) + u32b(iteration) + i64b(sent_ms)
+
+
+def mpm2_seal(sid, author, key_id, iteration, sent_ms, ck_i, signing_seed, text,
+              header=None):
+    """Seals `text` (bytes) with CK_i; `header` overrides the AAD's header (for reject
+    vectors whose clear fields disagree with what was sealed)."""
+    h = mpm2_header(key_id, iteration, sent_ms)
+    key, nn = message_key(chain_seed(ck_i))
+    aad = MESSAGE_AAD_CONTEXT + u64hex(sid) + u64hex(author) + (header or h)
+    body = h + AESGCM(key).encrypt(nn, text, aad)
+    return mpm2_resign(body, sid, author, signing_seed), key, nn, aad
+
+
+def mpm2_resign(body, sid, author, signing_seed):
+    return body + ed_sign(signing_seed, MESSAGE_SIG_CONTEXT + u64hex(sid) + u64hex(author)
+                          + body)
+
+
+def open_mpm2(env, sid, author, known_key_id, signing_public, chain_key, position):
+    """Reference receiver (no skipped keys held): returns (text, iteration) or raises."""
+    r = Rd(env)
+    magic(r, b"MPM2")
+    key_id = r.int(4)
+    if key_id == 0:
+        raise E2eReject("zero-key-id")
+    i = r.int(4)
+    r.int(8, signed=True)
+    if r.left() < 64:
+        raise E2eReject("truncated")
+    c = r.left() - 64
+    if c < 17:
+        raise E2eReject("ciphertext-too-short")
+    header, sealed, sig = env[:20], env[20:20 + c], env[20 + c:]
+    if key_id != known_key_id:
+        raise E2eReject("no-sender-key")
+    if not ed_verify(signing_public, sig, MESSAGE_SIG_CONTEXT + u64hex(sid) + u64hex(author)
+                     + env[:20 + c]):
+        raise E2eReject("bad-signature")
+    if i < position:
+        raise E2eReject("old-or-replayed")
+    if i - position > E2E_FORWARD_BOUND:
+        raise E2eReject("too-far-ahead")
+    key, nn = message_key(chain_seed(chain_advance(chain_key, i - position)))
+    try:
+        text = AESGCM(key).decrypt(nn, sealed, MESSAGE_AAD_CONTEXT + u64hex(sid)
+                                   + u64hex(author) + header)
+    except Exception:
+        raise E2eReject("cannot-open")
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise E2eReject("not-utf8")
+    return text, i
+
+
+def expect_e2e_reject(fn, category, name):
+    try:
+        fn()
+    except E2eReject as e:
+        assert e.category == category, (name, e.category, category)
+        return
+    raise AssertionError("reject vector accepted: " + name)
+
+
+def flip_bit(b, i, bit):
+    b = bytearray(b)
+    b[i] ^= bit
+    return bytes(b)
+
+
+# --- the vectors ------------------------------------------------------------
+
+def gen_e2e(server_key):
+    keys = {name: load_or_create_user_key(name) for name in USER_KEYS}
+    pubs = {name: k.public_key() for name, k in keys.items()}
+    files = {name: f"user_{name}_test_key" for name in USER_KEYS}
+    uids = {"alice": 0xa11ce00000000001, "bob": 0xb0b0000000000002,
+            "carol": 0xca40100000000003}
+    outsider_uid = 0x0555000000000009
+    sid = 0x5e55_1011_2233_4455
+    gen_e2e_chain()
+    gen_e2e_mps2(keys, pubs, files, uids, sid)
+    gen_e2e_mpk2(keys, pubs, files, uids, sid, server_key, outsider_uid)
+    gen_e2e_mpm2(uids, sid)
+
+
+def gen_e2e_chain():
+    out = Out("e2e_chain.txt", """
+The v2 sender-key chain (libsignal's): seed_i = HMAC-SHA-256(CK_i, 01), CK_{i+1} =
+HMAC-SHA-256(CK_i, 02), and the message key aes_key_i || nonce_i = HKDF-SHA-256(salt
+empty, IKM = seed_i, info "mpchat v2 message key", L = 44). A chain block starts at
+chain_key = CK_iteration and lists, for `steps` iterations in a row, the concatenated
+seeds (32 bytes each), message keys (44 bytes each: 32-byte AES key then 12-byte nonce)
+and next chain keys (CK_{i+1}, 32 bytes each). A chain_jump block gives the chain key
+`target - iteration` steps on. A message_key block is the HKDF alone.""")
+    for name, ck, start, steps in [("zero_key_from_0", bytes(32), 0, 8),
+                                   ("fixed_key_from_0", det("chain key a", 32), 0, 5),
+                                   ("fixed_key_from_999", det("chain key b", 32), 999, 4)]:
+        seeds, mks, nexts = b"", b"", b""
+        c = ck
+        for _ in range(steps):
+            s = chain_seed(c)
+            k, nn = message_key(s)
+            seeds += s
+            mks += k + nn
+            c = chain_next(c)
+            nexts += c
+        out.block("chain", name, [("chain_key", ck), ("iteration", u32b(start)),
+                                  ("steps", u32b(steps)), ("seeds", seeds),
+                                  ("message_keys", mks), ("next_chain_keys", nexts)])
+    for name, ck, start, target in [("jump_by_the_forward_bound", det("chain key a", 32),
+                                     0, 2000),
+                                    ("jump_near_the_u32_end", det("chain key c", 32),
+                                     0xFFFFFFF0, 0xFFFFFFFF)]:
+        out.block("chain_jump", name, [("chain_key", ck), ("iteration", u32b(start)),
+                                       ("target", u32b(target)),
+                                       ("chain_key_at_target",
+                                        chain_advance(ck, target - start))])
+    for name, seed in [("zero_seed", bytes(32)), ("fixed_seed", det("mk seed", 32))]:
+        k, nn = message_key(seed)
+        out.block("message_key", name, [("seed", seed), ("aes_key", k), ("nonce", nn)])
+    out.write()
+
+
+def gen_e2e_mps2(keys, pubs, files, uids, sid):
+    alice = keys["alice"]
+    cu, cn = uids["alice"], b"alice"
+    created = 1_767_225_600_123
+    out = Out("e2e_mps2.txt", """
+Membership statements (MPS2): "MPS2" || creator uid (8) || created_ms (8) || c (1) ||
+creator name || k (1) || k x (length (1), name), strictly ascending || s (2) ||
+RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt, the fixed salt recorded) by the creator
+over "mpchat v2 members" || sid || signed, where signed is every byte before s. The
+keys are TEST-ONLY (README.md). invitees is a text field: names separated by spaces.""")
+    good = None
+    for name, inv, key_name in [("two_invitees", [b"bob", b"carol"], "alice"),
+                                ("one_invitee_names_at_the_bounds", [b"b" * 32], "alice"),
+                                ("ninety_nine_invitees",
+                                 [b"u%03d" % i for i in range(99)], "alice")]:
+        signed = mps2_signed(cu, created, cn, inv)
+        salt = det("mps2 salt " + name, 32)
+        env = mps2_sign(alice, sid, signed, salt)
+        assert open_mps2(env, sid, cu, cn, pubs["alice"]) == (created, inv)
+        good = good or env
+        out.block("mps2", name, [("sid", u64hex(sid)), ("creator_uid", u64hex(cu)),
+                                 ("creator_name", cn.decode()),
+                                 ("created_ms", u64hex(created)),
+                                 ("invitees", " ".join(n.decode() for n in inv)),
+                                 ("creator_public_key_file", files["alice"] + ".pub"),
+                                 ("pss_salt", salt), ("signed", signed),
+                                 ("statement", env)])
+    out.write()
+
+    out = Out("fail_e2e_mps2.txt", """
+Membership statements a receiver must refuse, for the reason in expect (the error the
+crate reports). The receiver expects creator_uid / creator_name (from the session's
+status) and verifies with creator_public_key_file in session sid. good_statement, with
+good_sid / good_creator_uid / good_creator_name, is the valid statement each was
+derived from. "signed" vectors carry a valid signature over their defect, so only the
+layout rule can catch them.""")
+    good_signed = mps2_signed(cu, created, cn, [b"bob", b"carol"])
+
+    def reject(name, env, expect, s=sid, u=cu, n=cn):
+        expect_e2e_reject(lambda: open_mps2(env, s, u, n, pubs["alice"]), expect, name)
+        open_mps2(good, sid, cu, cn, pubs["alice"])
+        out.block("mps2_reject", name, [("sid", u64hex(s)), ("creator_uid", u64hex(u)),
+                                        ("creator_name", n.decode()),
+                                        ("creator_public_key_file", files["alice"] + ".pub"),
+                                        ("expect", expect), ("statement", env),
+                                        ("good_sid", u64hex(sid)),
+                                        ("good_creator_uid", u64hex(cu)),
+                                        ("good_creator_name", cn.decode()),
+                                        ("good_statement", good)])
+
+    def signed(name, inv, expect, uid=cu, cname=cn):
+        body = mps2_signed(uid, created, cname, inv)
+        reject(name + "_signed", mps2_sign(alice, sid, body, det("mps2 bad " + name, 32)),
+               expect)
+
+    signed("names_unsorted", [b"carol", b"bob"], "names-not-ascending")
+    signed("names_duplicate", [b"bob", b"bob"], "names-not-ascending")
+    signed("creator_among_invitees", [b"alice", b"bob"], "creator-invited")
+    signed("uppercase_name", [b"Bob"], "invalid-name")
+    signed("name_starting_with_a_dot", [b".bob"], "invalid-name")
+    signed("name_of_33_bytes", [b"b" * 33], "name-length")
+    signed("empty_name", [b""], "name-length")
+    signed("no_invitees", [], "invitee-count")
+    signed("one_hundred_invitees", [b"u%03d" % i for i in range(100)], "invitee-count")
+    signed("creator_uid_zero", [b"bob"], "zero-uid", uid=0)
+    reject("signature_bit", flip_bit(good, len(good) - 7, 0x10), "bad-signature")
+    reject("created_ms_bit", flip_bit(good, 19, 0x01), "bad-signature")
+    reject("moved_to_another_session", good, "bad-signature", s=sid ^ 1)
+    reject("another_creator_uid", good, "wrong-creator", u=uids["bob"])
+    reject("another_creator_name", good, "wrong-creator", n=b"mallory")
+    reject("trailing_byte", good + b"\x00", "trailing-bytes")
+    reject("truncated_in_the_signature", good[:-1], "truncated")
+    reject("truncated_in_the_names", good[:30], "truncated")
+    reject("signature_of_255_bytes", good_signed + u16hex(255) + bytes(255),
+           "signature-length")
+    reject("signed_by_another_key", mps2_sign(keys["bob"], sid, good_signed,
+                                              det("mps2 bob salt", 32)), "bad-signature")
+    reject("old_mpe1_magic", b"MPE1" + good[4:], "unknown-kind")
+    out.write()
+
+
+def gen_e2e_mpk2(keys, pubs, files, uids, sid, server_key, outsider_uid):
+    alice = keys["alice"]
+    au = uids["alice"]
+    key_id = 0x5eed_0001
+    iteration = 7
+    ck = det("mpk2 chain key", 32)
+    spk_seed = det("mpk2 signing seed", 32)
+    spk = ed_public(spk_seed)
+    commit = commitment(sid, au, key_id, iteration, ck, spk)
+    recips = [("bob", uids["bob"]), ("carol", uids["carol"])]
+    recips.sort(key=lambda x: x[1])
+
+    def build(entries_ck, name, commit_=commit, kid=key_id, it=iteration, spk_=spk,
+              extra=None, sid_=sid, author=au, key=alice):
+        """entries_ck: [(recipient name, uid, chain key to wrap)]; returns
+        (envelope, signed, oaep seeds, pss salt)."""
+        seeds, entries = b"", []
+        for rname, uid, c in entries_ck:
+            s = det(f"mpk2 oaep seed {name} {rname}", 32)
+            seeds += s
+            pub = pubs[rname] if rname in pubs else server_key.public_key()
+            entries.append((uid, oaep_encrypt_fixed_seed(pub, c, s)))
+        if extra:
+            entries = extra(entries)
+        signed = mpk2_signed(kid, it, spk_, commit_, entries)
+        salt = det("mpk2 pss salt " + name, 32)
+        return mpk2_sign(key, sid_, author, signed, salt), signed, seeds, salt
+
+    honest = [(n, u, ck) for n, u in recips]
+    good, good_signed, good_seeds, good_salt = build(honest, "good")
+    out = Out("e2e_mpk2.txt", """
+Sender-key distributions (MPK2): "MPK2" || key id (4) || iteration i (4) || Ed25519
+public key (32) || commitment (32) || r (2) || r x (uid (8), w (2), RSA-OAEP of CK_i to
+the recipient's key) || s (2) || RSA-PSS by the author over "mpchat v2 sender key" ||
+sid || author uid || signed (every byte before s). commitment = SHA-256("mpchat v2
+sender key" || sid || author uid || key id || i || CK_i || signing key). OAEP seeds
+(32 bytes per entry, concatenated in entry order) and the PSS salt are recorded. The
+receiver me_uid opens it with me_private_key_file and gets `outcome`: stored (it had
+an entry: chain_key unwrapped and checked against the commitment) or not-for-us (no
+entry). Keys are TEST-ONLY (README.md); signing_seed is the author's Ed25519 seed.""")
+
+    def accept(name, env, signed, seeds, salt, me, me_uid, outcome):
+        me_key = keys[me] if me in keys else server_key
+        got = open_mpk2(env, sid, au, pubs["alice"], me_uid, me_key)
+        assert got[0] == outcome and (outcome != "stored" or got[1] == ck), (name, got)
+        out.block("mpk2", name, [
+            ("sid", u64hex(sid)), ("author_uid", u64hex(au)),
+            ("author_public_key_file", files["alice"] + ".pub"),
+            ("me_uid", u64hex(me_uid)),
+            ("me_private_key_file", (files[me] if me in files else "server_test_key")
+             + ".pem"),
+            ("key_id", u32b(key_id)), ("iteration", u32b(iteration)), ("chain_key", ck),
+            ("signing_seed", spk_seed), ("signing_public", spk), ("commitment", commit),
+            ("recipient_uids", b"".join(u64hex(u) for _, u in recips)),
+            ("oaep_seeds", seeds), ("pss_salt", salt), ("signed", signed),
+            ("envelope", env), ("outcome", outcome)])
+
+    accept("to_bob_and_carol_opened_by_bob", good, good_signed, good_seeds, good_salt,
+           "bob", uids["bob"], "stored")
+    accept("to_bob_and_carol_opened_by_carol", good, good_signed, good_seeds, good_salt,
+           "carol", uids["carol"], "stored")
+    accept("to_bob_and_carol_seen_by_an_outsider", good, good_signed, good_seeds,
+           good_salt, "server", outsider_uid, "not-for-us")
+    out.write()
+
+    out = Out("fail_e2e_mpk2.txt", """
+Sender-key distributions a receiver (me_uid, me_private_key_file) must refuse, for the
+reason in expect. known_* describe a key the receiver already holds for this author
+(known_key_id 00000000: none): its signing key, commitment, the iteration it was
+received at and the receiver's chain (known_chain_key at known_position). good_envelope
+(with good_sid, good_author_uid) is the valid distribution each was derived from; the
+receiver with no known key stores it. "signed" vectors carry a valid signature.""")
+    none = {"key_id": 0, "signing_public": bytes(32), "commitment": bytes(32),
+            "first_iteration": 0, "position": 0, "chain_key": bytes(32)}
+    # A receiver that already holds this key id (same signing key), received at
+    # iteration 5 with its own chain CK_5: the honest CK_7 would be two steps on.
+    ck5 = det("mpk2 chain key at 5", 32)
+    ck7 = chain_advance(ck5, 2)
+    ours_at_5 = {"key_id": key_id, "signing_public": spk,
+                 "commitment": commitment(sid, au, key_id, 5, ck5, spk),
+                 "first_iteration": 5, "position": 5, "chain_key": ck5}
+
+    def reject(name, env, expect, me="bob", known=None, s=sid, a=au):
+        known = known or none
+        me_key = keys[me] if me in keys else server_key
+        kn = known if known["key_id"] else None
+        expect_e2e_reject(lambda: open_mpk2(env, s, a, pubs["alice"], uids.get(me, 0),
+                                            me_key, kn), expect, name)
+        assert open_mpk2(good, sid, au, pubs["alice"], uids.get(me, 0), me_key)[0] in (
+            "stored",)
+        out.block("mpk2_reject", name, [
+            ("sid", u64hex(s)), ("author_uid", u64hex(a)),
+            ("author_public_key_file", files["alice"] + ".pub"),
+            ("me_uid", u64hex(uids[me])), ("me_private_key_file", files[me] + ".pem"),
+            ("known_key_id", u32b(known["key_id"])),
+            ("known_signing_public", known["signing_public"]),
+            ("known_commitment", known["commitment"]),
+            ("known_first_iteration", u32b(known["first_iteration"])),
+            ("known_position", u32b(known["position"])),
+            ("known_chain_key", known["chain_key"]),
+            ("expect", expect), ("envelope", env), ("good_sid", u64hex(sid)),
+            ("good_author_uid", u64hex(au)), ("good_envelope", good)])
+
+    n_sig = len(good) - rsa_len(alice)
+    reject("signature_bit", flip_bit(good, n_sig + 3, 0x01), "bad-signature")
+    reject("commitment_bit_unsigned", flip_bit(good, 50, 0x80), "bad-signature")
+    reject("moved_to_another_session", good, "bad-signature", s=sid + 1)
+    reject("attributed_to_another_author", good, "bad-signature", a=uids["carol"] ^ 0xFF)
+    other_ck = det("mpk2 other chain key", 32)
+    env, _, _, _ = build(honest, "miscommitted",
+                         commit_=commitment(sid, au, key_id, iteration, other_ck, spk))
+    reject("miscommitted_signed", env, "commitment-mismatch")
+    reject("miscommitted_signed_seen_by_carol", env, "commitment-mismatch", me="carol")
+    # Equivocation: the commitment is to ck, bob's entry wraps ck, carol's another key.
+    env, _, _, _ = build([(n, u, ck if n == "bob" else other_ck) for n, u in recips],
+                         "equivocating")
+    assert open_mpk2(env, sid, au, pubs["alice"], uids["bob"], keys["bob"])[0] == "stored"
+    reject("equivocating_carol_gets_another_chain_key_signed", env, "commitment-mismatch",
+           me="carol")
+    env, _, _, _ = build(honest, "garbage_entry",
+                         extra=lambda es: [(u, det("garbage " + str(u), len(w)))
+                                           if u == uids["bob"] else (u, w) for u, w in es])
+    reject("entry_does_not_decrypt_signed", env, "unwrap")
+    env, _, _, _ = build([(n, u, ck[:16]) for n, u in recips], "short_key")
+    reject("entry_wraps_16_bytes_signed", env, "unwrap")
+    env, _, _, _ = build(honest, "author_entry",
+                         extra=lambda es: sorted(es + [(au, es[0][1])]))
+    reject("author_among_recipients_signed", env, "author-is-recipient")
+    env, _, _, _ = build(honest, "unsorted", extra=lambda es: list(reversed(es)))
+    reject("entries_not_increasing_signed", env, "entries-not-increasing")
+    env, _, _, _ = build(honest, "dup", extra=lambda es: [es[0], es[0]])
+    reject("entries_duplicated_signed", env, "entries-not-increasing")
+    env, _, _, _ = build(honest, "zero_key_id", kid=0)
+    reject("key_id_zero_signed", env, "zero-key-id")
+    reject("trailing_byte", good + b"\x01", "trailing-bytes")
+    reject("truncated_by_one", good[:-1], "truncated")
+    reject("recipient_count_zero", good[:76] + u16hex(0) + good[78:], "entry-count")
+    reject("recipient_count_100", good[:76] + u16hex(100) + good[78:], "entry-count")
+    reject("wrapped_length_255", good[:86] + u16hex(255) + good[88:], "wrapped-key-length")
+    reject("signature_length_255", good_signed + u16hex(255) + bytes(255),
+           "signature-length")
+    sig20 = pss_sign_fixed_salt(alice, SENDER_KEY_CONTEXT + u64hex(sid) + u64hex(au)
+                                + good_signed, det("mpk2 short salt", 20))
+    reject("pss_salt_of_20_bytes", signed_with_sig(good_signed, sig20), "bad-signature")
+    reject("old_mpe1_magic", b"MPE1" + good[4:], "unknown-kind")
+    # Against a key already held: another signing key for the same key id...
+    env, _, _, _ = build(honest, "other_signing_key", spk_=ed_public(det("other ed", 32)),
+                         commit_=commitment(sid, au, key_id, iteration, ck,
+                                            ed_public(det("other ed", 32))))
+    reject("known_key_id_with_another_signing_key_signed", env, "conflicting-sender-key",
+           known=ours_at_5)
+    # ...and a chain that does not derive from the receiver's (ours at 5 leads to ck7,
+    # the envelope carries ck at 7): equivocation across joiners, for the outsider too.
+    assert ck7 != ck
+    reject("known_key_id_with_a_chain_not_derived_from_ours_signed", good,
+           "conflicting-sender-key", known=ours_at_5)
+    out.write()
+
+
+def gen_e2e_mpm2(uids, sid):
+    au = uids["alice"]
+    key_id = 0x5eed_0001
+    seed = det("mpm2 signing seed", 32)
+    spk = ed_public(seed)
+    ck0 = det("mpm2 chain key", 32)
+    out = Out("e2e_mpm2.txt", """
+Messages (MPM2): "MPM2" || key id (4) || iteration i (4) || sent_ms (8, signed) ||
+AES-256-GCM(aes_key_i, nonce_i, aad, text) with its 16-byte tag || Ed25519 signature
+(64) by the key id's signing key over "mpchat v2 message sig" || sid || author uid ||
+every byte before it; aad = "mpchat v2 message" || sid || author uid || bytes 0..20.
+chain_key is CK_i (the sender's chain at i), signing_seed the author's Ed25519 seed.
+Sealing the same inputs gives exactly `envelope` (GCM and Ed25519 are deterministic).
+A receiver whose chain is at receiver_position with receiver_chain_key opens it to
+text_text, with `arrival` in-order, or missing-N after a gap of N.""")
+    cases = [("hello_at_0", 0, 1_767_225_600_000, b"hello", 0),
+             ("hundred_bytes_at_7", 7, 1_767_225_600_001,
+              (b"0123456789" * 10), 7),
+             ("utf8_and_newline_after_a_gap_of_3", 12, -1,
+              "h\u00e9llo \u2713\nsecond line \\ backslash".encode(), 9),
+             ("longest_text", 3, 0, det("mpm2 longest", (E2E_MAX_ENVELOPE - 100) // 2)
+              .hex().encode()[:E2E_MAX_ENVELOPE - 100], 3)]
+    for name, i, sent, text, pos in cases:
+        ck_i = chain_advance(ck0, i)
+        env, key, nn, aad = mpm2_seal(sid, au, key_id, i, sent, ck_i, seed, text)
+        assert len(env) == len(text) + 100 and len(env) <= E2E_MAX_ENVELOPE
+        rck = chain_advance(ck0, pos)
+        assert open_mpm2(env, sid, au, key_id, spk, rck, pos) == (text, i)
+        arrival = "in-order" if pos == i else f"missing-{i - pos}"
+        out.block("mpm2", name, [
+            ("sid", u64hex(sid)), ("author_uid", u64hex(au)), ("key_id", u32b(key_id)),
+            ("iteration", u32b(i)), ("sent_ms", i64b(sent)), ("chain_key", ck_i),
+            ("signing_seed", seed), ("signing_public", spk), ("text_text", escape(text.decode())),
+            ("seed", chain_seed(ck_i)), ("aes_key", key), ("nonce", nn), ("aad", aad),
+            ("envelope", env), ("receiver_chain_key", rck),
+            ("receiver_position", u32b(pos)), ("arrival", arrival)])
+    out.write()
+
+    out = Out("fail_e2e_mpm2.txt", """
+Messages a receiver must refuse, for the reason in expect. The receiver holds key_id
+with signing_public, its chain at receiver_position (receiver_chain_key, no skipped
+keys), and reads in session sid from author_uid. good_envelope (with good_sid,
+good_author_uid and the receiver at good_receiver_position / good_receiver_chain_key)
+is the valid message each was derived from. "resigned" vectors carry a valid
+signature by the right key over their defect, so only a later check can catch them.""")
+    i, sent, text = 5, 1_767_225_600_005, b"attack at dawn"
+    ck5 = chain_advance(ck0, i)
+    good, _, _, _ = mpm2_seal(sid, au, key_id, i, sent, ck5, seed, text)
+
+    def reject(name, env, expect, pos=i, s=sid, a=au):
+        rck = chain_advance(ck0, pos)
+        expect_e2e_reject(lambda: open_mpm2(env, s, a, key_id, spk, rck, pos), expect, name)
+        assert open_mpm2(good, sid, au, key_id, spk, ck5, i)[0] == text
+        out.block("mpm2_reject", name, [
+            ("sid", u64hex(s)), ("author_uid", u64hex(a)), ("key_id", u32b(key_id)),
+            ("signing_public", spk), ("receiver_chain_key", rck),
+            ("receiver_position", u32b(pos)), ("expect", expect), ("envelope", env),
+            ("good_sid", u64hex(sid)), ("good_author_uid", u64hex(au)),
+            ("good_receiver_chain_key", ck5), ("good_receiver_position", u32b(i)),
+            ("good_envelope", good)])
+
+    body = good[:-64]
+    reject("ciphertext_bit", flip_bit(good, 25, 0x04), "bad-signature")
+    reject("ciphertext_bit_resigned", mpm2_resign(flip_bit(body, 25, 0x04), sid, au, seed),
+           "cannot-open")
+    reject("tag_bit_resigned", mpm2_resign(flip_bit(body, len(body) - 1, 0x80), sid, au,
+                                           seed), "cannot-open")
+    reject("sent_ms_bit_resigned", mpm2_resign(flip_bit(body, 19, 0x01), sid, au, seed),
+           "cannot-open")
+    reject("signature_bit", flip_bit(good, len(good) - 1, 0x40), "bad-signature")
+    reject("iteration_bit", flip_bit(good, 11, 0x02), "bad-signature")
+    reject("signed_by_another_signing_key", mpm2_resign(body, sid, au, det("other", 32)),
+           "bad-signature")
+    reject("moved_to_another_session", good, "bad-signature", s=sid ^ 0x100)
+    reject("attributed_to_another_author", good, "bad-signature", a=uids["bob"])
+    reject("sealed_for_another_session_resigned_for_this_one",
+           mpm2_resign(mpm2_seal(sid ^ 1, au, key_id, i, sent, ck5, seed, text)[0][:-64],
+                       sid, au, seed), "cannot-open")
+    reject("trailing_byte", good + b"\x00", "bad-signature")
+    reject("unknown_key_id_resigned",
+           mpm2_resign(body[:4] + u32b(key_id + 1) + body[8:], sid, au, seed),
+           "no-sender-key")
+    reject("key_id_zero", body[:4] + bytes(4) + good[8:], "zero-key-id")
+    reject("replayed_after_it_was_read", good, "old-or-replayed", pos=i + 1)
+    reject("older_iteration", good, "old-or-replayed", pos=i + 40)
+    far = i + E2E_FORWARD_BOUND + 1
+    env, _, _, _ = mpm2_seal(sid, au, key_id, far, sent, chain_advance(ck0, far), seed, text)
+    reject("too_far_ahead_by_2001", env, "too-far-ahead")
+    env, _, _, _ = mpm2_seal(sid, au, key_id, i, sent, ck5, seed, b"")
+    reject("empty_text_signed", env, "ciphertext-too-short")
+    env, _, _, _ = mpm2_seal(sid, au, key_id, i, sent, ck5, seed, b"\xff\xfe bad utf-8")
+    reject("text_not_utf8_resigned", env, "not-utf8")
+    reject("cut_to_100_bytes", good[:100], "ciphertext-too-short")
+    reject("cut_inside_the_signature", good[:19 + 64], "truncated")
+    reject("cut_inside_the_header", good[:12], "truncated")
+    reject("old_mpe1_magic", b"MPE1" + good[4:], "unknown-kind")
+    reject("unknown_magic_mpm3", b"MPM3" + good[4:], "unknown-kind")
+    big, _, _, _ = mpm2_seal(sid, au, key_id, i, sent, ck5, seed,
+                             b"x" * (E2E_MAX_ENVELOPE - 100 + 1))
+    reject("one_byte_over_the_relay_limit", big, "too-large")
+    out.write()
+
+
 def main():
     self_check()
     key = load_or_create_key()
@@ -966,6 +1741,7 @@ def main():
     gen_login(key)
     gen_fail_frames()
     gen_rsa(key)
+    gen_e2e(key)
     # Remove stale .txt vector files from earlier runs of this script.
     for name in sorted(os.listdir(HERE)):
         if name.endswith(".txt") and name not in WRITTEN:
