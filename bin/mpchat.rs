@@ -116,7 +116,7 @@ fn run() -> Result<(), Failure> {
         config_dir,
     };
     let stdin = io::BufReader::new(io::stdin());
-    client::run(config, &password, stdin, io::stdout()).map_err(|e| Failure::Runtime(e.0))
+    client::run(config, &password, stdin, io::stdout()).map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 fn keygen(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {

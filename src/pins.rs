@@ -5,9 +5,13 @@
 //! hand out its own instead. Pinning stops that after first contact: the first key seen
 //! for a username is remembered in `known_keys`; a different key later is reported as
 //! [`PinStatus::Changed`] with both fingerprints and the old pin stays until the user
-//! says `/trust NAME` ([`KnownKeys::trust`]). Until then the client must neither encrypt
+//! says `/trust NAME` ([`PinSet::trust`]). Until then the client must neither encrypt
 //! to the new key nor accept signatures made with it: it verifies a user's messages
-//! with the pinned key ([`KnownKeys::get`]), never with the key the server just sent.
+//! with the pinned key ([`PinSet::get`]), never with the key the server just sent.
+//!
+//! [`PinSet`] is the rule alone, in memory (the client's core uses it and never touches
+//! a file); [`load_pins`] and [`save_pins`] are its file, and [`KnownKeys`] the two
+//! together, saving every change before it takes effect.
 //!
 //! Config directory layout (see [`default_config_dir`]):
 //!
@@ -17,6 +21,7 @@
 //! | [`PUBLIC_KEY_FILE`] `key.pub` | its public half, SubjectPublicKeyInfo PEM | 0644 |
 //! | [`KNOWN_KEYS_FILE`] `known_keys` | the pins | 0600 |
 //! | [`SEEN_FILE`] `seen` | the [`crate::e2e::ReplayGuard`] of opened message ids | 0600 |
+//! | [`crate::client::store::RECEIVED_FILE`] `received` | the last message number shown per session | 0600 |
 //!
 //! This module never prints or logs key material; only fingerprints leave it.
 
@@ -256,7 +261,8 @@ pub fn load_own_key(config_dir: &Path) -> Result<RsaPrivate, PinError> {
 /// What [`KnownKeys::check`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PinStatus {
-    /// No key was pinned for this user: this one is now pinned and saved.
+    /// No key was pinned for this user: this one is now pinned (and, by
+    /// [`KnownKeys::check`], saved).
     New,
     /// The key is the pinned one.
     Match,
@@ -270,51 +276,40 @@ pub enum PinStatus {
     },
 }
 
-/// The pinned keys, backed by a `known_keys` file.
+/// The pinned keys in memory: the rules of pinning, with no file behind them.
 ///
-/// File format: UTF-8 text, one pin a line, each line ending in `\n`:
-/// `<username> <public_key>`, where `<username>` follows the account name rule and
-/// `<public_key>` is the wire form (standard padded base64 of the SubjectPublicKeyInfo
-/// DER, 2048- to 4096-bit RSA, canonical encoding). A username appears once; lines are
-/// written in username order. No comments or blank lines: the file is rewritten whole
-/// (atomically, mode 0600) on every change. To forget a pin by hand, delete its line.
-#[derive(Debug)]
-pub struct KnownKeys {
-    path: PathBuf,
+/// The client's I/O-free core holds one and hands a copy to its shell to write after
+/// every change ([`save_pins`]); [`KnownKeys`] wraps one with its file for callers that
+/// want each change saved at once.
+///
+/// File form ([`PinSet::to_text`], [`PinSet::parse`]): UTF-8 text, one pin a line, each
+/// line ending in `\n`: `<username> <public_key>`, where `<username>` follows the
+/// account name rule and `<public_key>` is the wire form (standard padded base64 of the
+/// SubjectPublicKeyInfo DER, 2048- to 4096-bit RSA, canonical encoding). A username
+/// appears once; lines are written in username order. No comments or blank lines: the
+/// file is rewritten whole (atomically, mode 0600) on every change. To forget a pin by
+/// hand, delete its line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PinSet {
     pins: BTreeMap<String, RsaPublic>,
 }
 
-impl KnownKeys {
-    /// Loads the pins from `path`; a missing file means no pins yet (it is created on
-    /// the first pin). Any malformed line is an error naming the file and line.
-    pub fn load(path: &Path) -> Result<KnownKeys, PinError> {
-        let mut this = KnownKeys {
-            path: path.to_path_buf(),
-            pins: BTreeMap::new(),
-        };
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(this),
-            Err(source) => {
-                return Err(PinError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let mut data = Vec::new();
-        file.take(MAX_KNOWN_KEYS_FILE_LEN + 1)
-            .read_to_end(&mut data)
-            .map_err(io_err(path))?;
-        if data.len() as u64 > MAX_KNOWN_KEYS_FILE_LEN {
-            return Err(PinError::KnownKeysTooLarge(path.to_path_buf()));
-        }
+impl PinSet {
+    /// No pins.
+    pub fn new() -> PinSet {
+        PinSet::default()
+    }
+
+    /// Parses the file form; `path` only names the file in errors. Any malformed line
+    /// is an error naming the file and line.
+    pub fn parse(data: &[u8], path: &Path) -> Result<PinSet, PinError> {
+        let mut this = PinSet::new();
         let syntax = |line: usize, reason| PinError::KnownKeysSyntax {
             path: path.to_path_buf(),
             line,
             reason,
         };
-        let text = match std::str::from_utf8(&data) {
+        let text = match std::str::from_utf8(data) {
             Ok(t) => t,
             Err(e) => {
                 let line = 1 + data[..e.valid_up_to()]
@@ -350,9 +345,16 @@ impl KnownKeys {
         Ok(this)
     }
 
-    /// The file these pins are saved to.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file form: every pin, in username order.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        for (name, key) in &self.pins {
+            text.push_str(name);
+            text.push(' ');
+            text.push_str(&key.to_base64());
+            text.push('\n');
+        }
+        text
     }
 
     /// The key pinned for `name`, if any: the one to encrypt to and to verify with.
@@ -379,8 +381,9 @@ impl KnownKeys {
         self.pins.is_empty()
     }
 
-    /// Compares `key` with the pin for `name`. A first key is pinned and saved at once
-    /// (trust on first use); a different key is reported and not pinned.
+    /// Compares `key` with the pin for `name`. A first key is pinned (trust on first
+    /// use: [`PinStatus::New`], save the set); a different key is reported and not
+    /// pinned.
     pub fn check(&mut self, name: &str, key: &RsaPublic) -> Result<PinStatus, PinError> {
         if !names::valid_username(name) {
             return Err(PinError::InvalidName);
@@ -393,47 +396,137 @@ impl KnownKeys {
             }),
             None => {
                 self.pins.insert(name.to_owned(), key.clone());
-                if let Err(e) = self.save() {
-                    // Not on disk means not pinned: a restart would pin anew.
-                    self.pins.remove(name);
-                    return Err(e);
-                }
                 Ok(PinStatus::New)
             }
         }
     }
 
-    /// Pins `key` for `name`, replacing any earlier pin (the user's explicit `/trust`),
-    /// and saves. On a save failure the earlier pin stays in force.
-    pub fn trust(&mut self, name: &str, key: &RsaPublic) -> Result<(), PinError> {
+    /// Pins `key` for `name`, replacing any earlier pin (the user's explicit `/trust`);
+    /// returns the earlier pin. Save the set afterwards.
+    pub fn trust(&mut self, name: &str, key: &RsaPublic) -> Result<Option<RsaPublic>, PinError> {
         if !names::valid_username(name) {
             return Err(PinError::InvalidName);
         }
-        let old = self.pins.insert(name.to_owned(), key.clone());
+        Ok(self.pins.insert(name.to_owned(), key.clone()))
+    }
+
+    /// Puts back what [`PinSet::trust`] or a [`PinStatus::New`] check replaced: `old`
+    /// for `name`, or no pin at all.
+    fn restore(&mut self, name: &str, old: Option<RsaPublic>) {
+        match old {
+            Some(old) => self.pins.insert(name.to_owned(), old),
+            None => self.pins.remove(name),
+        };
+    }
+}
+
+/// Reads a `known_keys` file; a missing file means no pins yet (it is created on the
+/// first pin). Refuses a file over [`MAX_KNOWN_KEYS_FILE_LEN`] before reading it whole.
+pub fn load_pins(path: &Path) -> Result<PinSet, PinError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PinSet::new()),
+        Err(source) => {
+            return Err(PinError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut data = Vec::new();
+    file.take(MAX_KNOWN_KEYS_FILE_LEN + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err(path))?;
+    if data.len() as u64 > MAX_KNOWN_KEYS_FILE_LEN {
+        return Err(PinError::KnownKeysTooLarge(path.to_path_buf()));
+    }
+    PinSet::parse(&data, path)
+}
+
+/// Writes every pin to `path`, atomically, mode 0600 (it lists whom the user talks
+/// to), creating the directory (mode 0700) if needed.
+pub fn save_pins(path: &Path, pins: &PinSet) -> Result<(), PinError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fsutil::ensure_private_dir(dir).map_err(io_err(dir))?;
+    }
+    fsutil::atomic_write(path, pins.to_text().as_bytes(), 0o600).map_err(io_err(path))
+}
+
+/// The pinned keys, backed by a `known_keys` file (format: see [`PinSet`]): every
+/// change is saved before it takes effect, and a change that cannot be saved is undone.
+#[derive(Debug)]
+pub struct KnownKeys {
+    path: PathBuf,
+    set: PinSet,
+}
+
+impl KnownKeys {
+    /// Loads the pins from `path` ([`load_pins`]).
+    pub fn load(path: &Path) -> Result<KnownKeys, PinError> {
+        Ok(KnownKeys {
+            path: path.to_path_buf(),
+            set: load_pins(path)?,
+        })
+    }
+
+    /// The file these pins are saved to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pins themselves.
+    pub fn pins(&self) -> &PinSet {
+        &self.set
+    }
+
+    /// The key pinned for `name`, if any: the one to encrypt to and to verify with.
+    pub fn get(&self, name: &str) -> Option<&RsaPublic> {
+        self.set.get(name)
+    }
+
+    /// The user a key is pinned for, if any ([`PinSet::name_of`]).
+    pub fn name_of(&self, key: &RsaPublic) -> Option<&str> {
+        self.set.name_of(key)
+    }
+
+    /// Number of pinned users.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether no user is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Compares `key` with the pin for `name`. A first key is pinned and saved at once
+    /// (trust on first use); a different key is reported and not pinned.
+    pub fn check(&mut self, name: &str, key: &RsaPublic) -> Result<PinStatus, PinError> {
+        let status = self.set.check(name, key)?;
+        if status == PinStatus::New {
+            if let Err(e) = self.save() {
+                // Not on disk means not pinned: a restart would pin anew.
+                self.set.restore(name, None);
+                return Err(e);
+            }
+        }
+        Ok(status)
+    }
+
+    /// Pins `key` for `name`, replacing any earlier pin (the user's explicit `/trust`),
+    /// and saves. On a save failure the earlier pin stays in force.
+    pub fn trust(&mut self, name: &str, key: &RsaPublic) -> Result<(), PinError> {
+        let old = self.set.trust(name, key)?;
         if let Err(e) = self.save() {
-            match old {
-                Some(old) => self.pins.insert(name.to_owned(), old),
-                None => self.pins.remove(name),
-            };
+            self.set.restore(name, old);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Writes every pin to the file, atomically, mode 0600 (it lists whom the user
-    /// talks to), creating the directory (mode 0700) if needed.
+    /// Writes every pin to the file ([`save_pins`]).
     pub fn save(&self) -> Result<(), PinError> {
-        let mut text = String::new();
-        for (name, key) in &self.pins {
-            text.push_str(name);
-            text.push(' ');
-            text.push_str(&key.to_base64());
-            text.push('\n');
-        }
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fsutil::ensure_private_dir(dir).map_err(io_err(dir))?;
-        }
-        fsutil::atomic_write(&self.path, text.as_bytes(), 0o600).map_err(io_err(&self.path))
+        save_pins(&self.path, &self.set)
     }
 }
 

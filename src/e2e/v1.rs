@@ -28,8 +28,9 @@
 //!
 //! This module must never release any plaintext (or say anything about it) before the
 //! signature and the content mac have both verified, and never reports two failures of
-//! an RSA decryption differently. It has no I/O except [`ReplayGuard::load`] and
-//! [`ReplayGuard::save`], and it never logs.
+//! an RSA decryption differently. It has no I/O except [`ReplayGuard::load`],
+//! [`ReplayGuard::save`], [`ReplayGuard::append`] and [`SeenWrite::write_to`], and it
+//! never logs.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -606,9 +607,34 @@ impl ReplayGuard {
         Ok(guard)
     }
 
-    /// Records that `(sid, author, msg_id)` was shown, durably, at constant cost: the
-    /// record is appended to `path` and synced; the file is rewritten with just the
-    /// remembered ids once it holds twice the limit (or when there is none yet).
+    /// Records that `(sid, author, msg_id)` was shown and says how to bring the file up
+    /// to date, without touching it: append one record, at constant cost, or (when there
+    /// is no file yet, after a failed write, or once the file holds twice the limit)
+    /// rewrite it with just the remembered ids. The caller writes it
+    /// ([`SeenWrite::write_to`]) before acknowledging the message, and calls
+    /// [`ReplayGuard::mark_unsaved`] if the write fails.
+    pub fn record(&mut self, sid: u64, author: u64, msg_id: [u8; MSG_ID_LEN]) -> SeenWrite {
+        self.check_and_record(sid, author, msg_id);
+        if self.on_disk == 0 || self.on_disk >= 2 * self.limit {
+            self.on_disk = self.order.len();
+            return SeenWrite::Rewrite(self.to_bytes());
+        }
+        let mut rec = Vec::with_capacity(SEEN_RECORD_LEN);
+        rec.extend_from_slice(&sid.to_be_bytes());
+        rec.extend_from_slice(&author.to_be_bytes());
+        rec.extend_from_slice(&msg_id);
+        self.on_disk += 1;
+        SeenWrite::Append(rec)
+    }
+
+    /// Says the last [`SeenWrite`] did not reach the file: the next
+    /// [`ReplayGuard::record`] rewrites it whole.
+    pub fn mark_unsaved(&mut self) {
+        self.on_disk = 0;
+    }
+
+    /// Records that `(sid, author, msg_id)` was shown, durably, at constant cost
+    /// ([`ReplayGuard::record`], then its write, synced).
     pub fn append(
         &mut self,
         path: &Path,
@@ -616,29 +642,12 @@ impl ReplayGuard {
         author: u64,
         msg_id: [u8; MSG_ID_LEN],
     ) -> io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        self.check_and_record(sid, author, msg_id);
-        if self.on_disk == 0 || self.on_disk >= 2 * self.limit {
-            return self.save(path);
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        let mut rec = [0u8; SEEN_RECORD_LEN];
-        rec[..8].copy_from_slice(&sid.to_be_bytes());
-        rec[8..16].copy_from_slice(&author.to_be_bytes());
-        rec[16..].copy_from_slice(&msg_id);
-        f.write_all(&rec)?;
-        f.sync_data()?;
-        self.on_disk += 1;
-        Ok(())
+        let write = self.record(sid, author, msg_id);
+        write.write_to(path).inspect_err(|_| self.mark_unsaved())
     }
 
-    /// Writes the guard to `path` atomically, mode 0600 (the ids reveal who wrote how
-    /// much, when, in which session).
-    pub fn save(&mut self, path: &Path) -> io::Result<()> {
+    /// The whole file form: the magic, then every remembered id, oldest first.
+    fn to_bytes(&self) -> Vec<u8> {
         let mut data =
             Vec::with_capacity(SEEN_FILE_MAGIC.len() + self.order.len() * SEEN_RECORD_LEN);
         data.extend_from_slice(&SEEN_FILE_MAGIC);
@@ -647,9 +656,43 @@ impl ReplayGuard {
             data.extend_from_slice(&author.to_be_bytes());
             data.extend_from_slice(msg_id);
         }
-        fsutil::atomic_write(path, &data, 0o600)?;
+        data
+    }
+
+    /// Writes the guard to `path` atomically, mode 0600 (the ids reveal who wrote how
+    /// much, when, in which session).
+    pub fn save(&mut self, path: &Path) -> io::Result<()> {
+        fsutil::atomic_write(path, &self.to_bytes(), 0o600)?;
         self.on_disk = self.order.len();
         Ok(())
+    }
+}
+
+/// What [`ReplayGuard::record`] asks to be written to the seen-message file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeenWrite {
+    /// One record to append to the existing file.
+    Append(Vec<u8>),
+    /// The whole file, to write in place of the old one (atomically).
+    Rewrite(Vec<u8>),
+}
+
+impl SeenWrite {
+    /// Applies the write to `path`, mode 0600, synced before it returns.
+    pub fn write_to(&self, path: &Path) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        match self {
+            SeenWrite::Rewrite(data) => fsutil::atomic_write(path, data, 0o600),
+            SeenWrite::Append(rec) => {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?;
+                f.write_all(rec)?;
+                f.sync_data()
+            }
+        }
     }
 }
 

@@ -1,0 +1,551 @@
+//! The client's shell: threads, the connection (connect, login, reconnect with
+//! backoff), standard input and output, and the config directory's files, around the
+//! I/O-free core in [`state`].
+//!
+//! Threads: one reads stdin lines, one reads and opens frames from the server (it owns
+//! the receiving MTP state); the main thread owns the sending MTP state, the core and
+//! the files, and is the only one that writes to stdout. Each event becomes an
+//! [`Input`] for [`Core::handle`], and the main thread carries out the [`Output`]s it
+//! returns strictly in order, each finished (a line flushed, a file synced) before the
+//! next starts: that order is what makes a crash cost at most a redelivery, never a
+//! lost message (see [`state`]).
+//!
+//! This module holds no protocol rule: what a line or a frame means is decided in
+//! [`state`], how a file is laid out in [`store`], [`crate::pins`] and [`crate::e2e`].
+//! It never prints anything but the core's lines on stdout (diagnostics go to the log).
+
+pub mod state;
+pub mod store;
+
+use std::fmt;
+use std::io::{self, BufRead, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::crypto::{CryptoError, RsaPublic};
+use crate::login::{ClientLogin, Established, LoginError};
+use crate::mtp::{self, Header, MsgType, ReadError};
+use state::{BadLine, Core, Input, Output};
+use store::Store;
+
+pub use state::{check_session_status, escape, MAX_LINE_LEN, MAX_WAITING_MESSAGES};
+pub use store::RECEIVED_FILE;
+
+/// Default server port.
+pub const DEFAULT_PORT: u16 = 5150;
+/// How long a connection attempt or a login may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before reconnecting after a lost connection; doubled up to the maximum.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Client settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` of the server.
+    pub server: String,
+    /// The server's public key.
+    pub server_key: RsaPublic,
+    /// Username.
+    pub user: String,
+    /// Config directory (own key, pins, received state).
+    pub config_dir: PathBuf,
+}
+
+/// Why the client stopped with a failure, by who is likely at fault. The message says
+/// what went wrong and, where there is something to do, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The user's command line or config directory: a `--server` that does not
+    /// resolve, a password or server key that cannot be used, a missing key or a damaged
+    /// state file in the config directory.
+    Config(String),
+    /// The server, or the way to it: unreachable, the login refused or answered
+    /// wrongly (also what a wrong password or `--server-key` looks like, since a server
+    /// refuses without saying why), or the connection lost after the end of input.
+    Server(String),
+    /// The local system: the random number generator, or a socket that cannot be used.
+    System(String),
+}
+
+impl ClientError {
+    /// The message, without who is at fault.
+    pub fn message(&self) -> &str {
+        match self {
+            ClientError::Config(m) | ClientError::Server(m) | ClientError::System(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Appends `host:5150` when the server address has no port.
+pub fn with_default_port(server: &str) -> String {
+    let has_port = match server.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        server.to_string()
+    } else {
+        format!("{server}:{DEFAULT_PORT}")
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A logged-in connection: the socket, the sending MTP state, and our uid.
+struct Link {
+    stream: TcpStream,
+    sender: mtp::Sender,
+    uid: u64,
+}
+
+/// Connects and logs in. The receiving MTP state is returned for the reader thread.
+fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), ClientError> {
+    let addrs: Vec<_> = config
+        .server
+        .to_socket_addrs()
+        .map_err(|e| {
+            ClientError::Config(format!(
+                "cannot resolve {}: {e}; check --server HOST[:PORT]",
+                config.server
+            ))
+        })?
+        .collect();
+    let mut last = None;
+    let mut stream = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| {
+        ClientError::Server(format!(
+            "cannot connect to {}: {}; check that mpchatd runs there and the port is right",
+            config.server,
+            last.map(|e| e.to_string())
+                .unwrap_or_else(|| "no address".into())
+        ))
+    })?;
+    let _ = stream.set_nodelay(true);
+    let (frame, expect) = ClientLogin::start(&config.server_key, &config.user, password, now_ns())
+        .map_err(|e| {
+            let message = format!("cannot build the login request: {e}");
+            match e {
+                LoginError::Crypto(CryptoError::Rng) => ClientError::System(message),
+                _ => ClientError::Config(message),
+            }
+        })?;
+    stream.write_all(&frame).map_err(|e| {
+        ClientError::Server(format!(
+            "cannot send the login request to {}: {e}",
+            config.server
+        ))
+    })?;
+    let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
+    let reply = mtp::read_frame(&mut stream).map_err(|e| match e {
+        ReadError::Eof | ReadError::Io(_) => ClientError::Server(format!(
+            "login to {} refused: wrong user name or password, a clock more than 30 s off, or a server key that does not match --server-key",
+            config.server
+        )),
+        ReadError::Idle => {
+            ClientError::Server(format!("no login answer from {} in time", config.server))
+        }
+        ReadError::Mtp(e) => {
+            ClientError::Server(format!("invalid login answer from {}: {e}", config.server))
+        }
+    })?;
+    let Established {
+        uid,
+        sender,
+        receiver,
+    } = expect.finish(&reply).map_err(|e| {
+        ClientError::Server(format!(
+            "invalid login answer from {}: {e}; is --server-key the right key?",
+            config.server
+        ))
+    })?;
+    let _ = stream.set_read_timeout(None);
+    Ok((
+        Link {
+            stream,
+            sender,
+            uid,
+        },
+        receiver,
+    ))
+}
+
+/// What the main loop reacts to.
+enum Event {
+    /// From the stdin thread.
+    Input(Input),
+    /// From the current connection's reader thread: an opened frame.
+    Frame(Header, Vec<u8>),
+    /// From the reader thread of connection number `.0`: its end, and why.
+    Lost(u64, String),
+}
+
+/// Reads and opens frames from connection `generation` until it fails, then reports
+/// why. A frame that fails an MTP check closes the connection.
+fn spawn_reader(
+    mut stream: TcpStream,
+    mut receiver: mtp::Receiver,
+    generation: u64,
+    tx: mpsc::Sender<Event>,
+) {
+    std::thread::spawn(move || loop {
+        let frame = match mtp::read_frame(&mut stream) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.send(Event::Lost(generation, e.to_string()));
+                return;
+            }
+        };
+        match receiver.open(&frame) {
+            Ok((h, p)) => {
+                if tx.send(Event::Frame(h, p)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // MTP: a frame that fails a check closes the connection.
+                let _ = stream.shutdown(Shutdown::Both);
+                let _ = tx.send(Event::Lost(
+                    generation,
+                    format!("rejected a frame from the server: {e}"),
+                ));
+                return;
+            }
+        }
+    });
+}
+
+/// One line of input, as [`read_line`] found it.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A line of at most the limit, without its `\n`.
+    Line(Vec<u8>),
+    /// A line longer than the limit; it was read to its end and dropped.
+    TooLong,
+    /// The end of input, with no partial line before it.
+    Eof,
+}
+
+/// Reads one line of at most `max` bytes (its `\n` not counted). A longer line is read
+/// to its newline (or the end of input) and dropped whole, never split, so no tail of
+/// it can run as a command; it costs at most `max` bytes of memory however long it is.
+/// A last line without a newline counts as a line.
+fn read_line(input: &mut impl BufRead, max: usize) -> io::Result<LineRead> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    let mut started = false;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(match (started, too_long) {
+                (false, _) => LineRead::Eof,
+                (true, true) => LineRead::TooLong,
+                (true, false) => LineRead::Line(line),
+            });
+        }
+        started = true;
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..newline.unwrap_or(buf.len())];
+        if !too_long {
+            if line.len() + chunk.len() > max {
+                too_long = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let used = newline.map_or(buf.len(), |i| i + 1);
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Line(line)
+            });
+        }
+    }
+}
+
+/// Reads stdin lines for the core: each line whole, or one [`BadLine`] for a line that
+/// is too long or not UTF-8, then the end of input (a read error counts as the end).
+fn spawn_stdin(mut input: impl BufRead + Send + 'static, tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || loop {
+        let next = match read_line(&mut input, MAX_LINE_LEN) {
+            Ok(LineRead::Eof) | Err(_) => {
+                let _ = tx.send(Event::Input(Input::EndOfInput));
+                return;
+            }
+            Ok(LineRead::TooLong) => Input::BadLine(BadLine::TooLong),
+            Ok(LineRead::Line(bytes)) => match String::from_utf8(bytes) {
+                Ok(mut line) => {
+                    if line.ends_with('\r') {
+                        line.pop();
+                    }
+                    Input::Line(line)
+                }
+                Err(_) => Input::BadLine(BadLine::NotUtf8),
+            },
+        };
+        if tx.send(Event::Input(next)).is_err() {
+            return;
+        }
+    });
+}
+
+/// What carries out the core's outputs: the connection, stdout and the files.
+struct Shell<W: Write> {
+    out: W,
+    store: Store,
+    link: Option<Link>,
+}
+
+impl<W: Write> Shell<W> {
+    /// Hands `input` to the core and carries out its outputs, in order. `Some` when
+    /// the core exits.
+    fn feed(&mut self, core: &mut Core, input: Input) -> Option<Result<(), ClientError>> {
+        let outputs = core.handle(input, now_ns());
+        self.carry_out(core, outputs)
+    }
+
+    fn carry_out(
+        &mut self,
+        core: &mut Core,
+        outputs: Vec<Output>,
+    ) -> Option<Result<(), ClientError>> {
+        for output in outputs {
+            match output {
+                Output::Send { typ, sid, payload } => self.send(typ, sid, &payload),
+                Output::Print(line) => {
+                    let _ = writeln!(self.out, "{line}");
+                    let _ = self.out.flush();
+                }
+                Output::Persist(what) => {
+                    if let Err(error) = self.store.write(&what) {
+                        // Reported at once, before the outputs that follow.
+                        let failed = Input::PersistFailed {
+                            file: what.file(),
+                            error,
+                        };
+                        if let Some(exit) = self.feed(core, failed) {
+                            return Some(exit);
+                        }
+                    }
+                }
+                Output::Exit(result) => return Some(result),
+            }
+        }
+        None
+    }
+
+    /// Seals and writes one request. Without a connection (it failed a moment ago and
+    /// its reader has not said so yet) the request is dropped: the core counts it as
+    /// unanswered and reports it when it learns the connection is lost.
+    fn send(&mut self, typ: MsgType, sid: u64, payload: &[u8]) {
+        let Some(link) = self.link.as_mut() else {
+            log::debug!("no connection: {typ:?} for {sid:016x} dropped");
+            return;
+        };
+        let written = link
+            .sender
+            .seal(typ, sid, link.uid, payload)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| link.stream.write_all(&frame).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            log::debug!("cannot send {typ:?}: {e}; closing the connection");
+            // The reader thread then sees the end and reports it.
+            let _ = link.stream.shutdown(Shutdown::Both);
+            self.link = None;
+        }
+    }
+}
+
+/// Runs the client until `/quit`, or end of input with every reply in. Events go to
+/// `out`, one per line.
+pub fn run(
+    config: Config,
+    password: &str,
+    input: impl BufRead + Send + 'static,
+    out: impl Write,
+) -> Result<(), ClientError> {
+    let store = Store::new(&config.config_dir);
+    let (my_key, saved) = store.load()?;
+    let mut core = Core::new(&config.user, my_key, saved);
+    let (link, receiver) = connect(&config, password)?;
+    let uid = link.uid;
+    let (tx, rx) = mpsc::channel();
+    let mut generation = 0;
+    let reader = link.stream.try_clone().map_err(|e| {
+        ClientError::System(format!(
+            "cannot use the connection to {}: {e}",
+            config.server
+        ))
+    })?;
+    spawn_reader(reader, receiver, generation, tx.clone());
+    spawn_stdin(input, tx.clone());
+    let mut shell = Shell {
+        out,
+        store,
+        link: Some(link),
+    };
+    if let Some(exit) = shell.feed(&mut core, Input::Connected { uid }) {
+        return exit;
+    }
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let Ok(event) = rx.recv() else {
+            return Ok(());
+        };
+        let input = match event {
+            Event::Input(input) => input,
+            Event::Frame(h, p) => {
+                backoff = RECONNECT_MIN;
+                Input::Frame(h, p)
+            }
+            Event::Lost(g, why) if g == generation => {
+                shell.link = None;
+                Input::Lost(why)
+            }
+            // A connection already replaced.
+            Event::Lost(..) => continue,
+        };
+        let lost = matches!(input, Input::Lost(_));
+        if let Some(exit) = shell.feed(&mut core, input) {
+            return exit;
+        }
+        if !lost {
+            continue;
+        }
+        // Reconnect with backoff; stdin lines keep queueing meanwhile.
+        let started = Instant::now();
+        let uid = loop {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+            let attempt = connect(&config, password).and_then(|(link, receiver)| {
+                let reader = link.stream.try_clone().map_err(|e| {
+                    ClientError::System(format!("cannot use the new connection: {e}"))
+                })?;
+                Ok((link, reader, receiver))
+            });
+            match attempt {
+                Ok((link, reader, receiver)) => {
+                    generation += 1;
+                    spawn_reader(reader, receiver, generation, tx.clone());
+                    let uid = link.uid;
+                    shell.link = Some(link);
+                    break uid;
+                }
+                Err(e) => {
+                    log::debug!("reconnect failed after {:?}: {e}", started.elapsed());
+                }
+            }
+        };
+        if let Some(exit) = shell.feed(&mut core, Input::Connected { uid }) {
+            return exit;
+        }
+    }
+}
+
+/// Reads the first line of a password file.
+pub fn read_password_file(path: &Path) -> Result<String, ClientError> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        ClientError::Config(format!(
+            "cannot read the password file {}: {e}",
+            path.display()
+        ))
+    })?;
+    crate::cli::read_password_line(io::BufReader::new(f)).map_err(|e| {
+        ClientError::Config(format!(
+            "cannot read a password from {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_port_is_added_only_when_missing() {
+        assert_eq!(with_default_port("example.org"), "example.org:5150");
+        assert_eq!(with_default_port("example.org:7000"), "example.org:7000");
+        assert_eq!(with_default_port("127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(with_default_port("[::1]:9"), "[::1]:9");
+    }
+
+    /// Every line of `input` as [`read_line`] gives it, with a small reader buffer so
+    /// lines span many reads.
+    fn lines(input: &[u8], max: usize) -> Vec<LineRead> {
+        let mut r = io::BufReader::with_capacity(3, input);
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut r, max).unwrap() {
+                LineRead::Eof => return out,
+                l => out.push(l),
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_dropped_whole_up_to_its_newline() {
+        let line = |s: &str| LineRead::Line(s.as_bytes().to_vec());
+        assert_eq!(
+            lines(b"/msg x 0123456789/close y\n/status\n", 10),
+            [LineRead::TooLong, line("/status")]
+        );
+        assert_eq!(
+            lines(b"0123456789\n01234567890\n\nlast", 10),
+            [
+                line("0123456789"),
+                LineRead::TooLong,
+                line(""),
+                line("last")
+            ]
+        );
+        assert_eq!(lines(b"01234567890", 10), [LineRead::TooLong]);
+        assert_eq!(lines(b"", 10), []);
+    }
+
+    #[test]
+    fn a_megabyte_line_costs_no_more_than_the_limit() {
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\n/quit\n");
+        assert_eq!(
+            lines(&input, MAX_LINE_LEN),
+            [LineRead::TooLong, LineRead::Line(b"/quit".to_vec())]
+        );
+    }
+}

@@ -1,0 +1,1008 @@
+//! The client as a state machine: what `mpchat` does with each command line and each
+//! frame from the server, with no socket, no clock, no file and no thread.
+//!
+//! [`Core::handle`] takes one [`Input`] (a command line, an opened frame, the
+//! connection coming up or going down, the end of input, a failed write) and returns
+//! the [`Output`]s it causes. The shell ([`super`]) carries them out **in order**: send
+//! a request, print an event line, persist a state file, exit. Nothing here touches the
+//! network, the terminal or the disk, so a hostile server is a few lines of test
+//! (tests/evil_server.rs), and every rule runs the same in tests as in the binary.
+//!
+//! # Order is the crash-safety rule
+//!
+//! A received message gives, in this order: [`Output::Print`] of its `msg` line,
+//! [`Output::Persist`] of its id ([`Persist::Seen`]) and of its number
+//! ([`Persist::Received`]), then [`Output::Send`] of its acknowledgement
+//! (`msg_res OK n`). The shell must finish each output before it starts the next:
+//! - a crash before the persist: the ack never left, so the server delivers the
+//!   message again and it is shown again (a duplicate, never a loss);
+//! - a crash after the persist, before the ack: the redelivery is dropped by its `n`
+//!   (and acknowledged again);
+//! - the ack leaves only once the message was shown and its state is on disk.
+//!
+//! Acknowledging first would lose a message to a crash; persisting first and printing
+//! after would too. A state the core wants on disk is always an explicit output, never
+//! a side call, so a later state (End-to-end v2's sender-key ratchets, whose advanced
+//! chain must be persisted before the ack) slots into the same order.
+//!
+//! A failed write does not stop the outputs after it (the message was shown; holding
+//! back its ack would only bring it back as a duplicate): the shell reports it as
+//! [`Input::PersistFailed`], which prints an error line and makes the next write of
+//! that file a whole rewrite.
+//!
+//! # What it must never do
+//!
+//! Read the clock (`now` is an argument), open a file or socket, spawn a thread, or
+//! print text from a peer or the server without [`escape`]: no peer may inject
+//! terminal sequences or fake an event line.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+
+use super::ClientError;
+use crate::crypto::{RsaPrivate, RsaPublic};
+use crate::e2e::v1::SeenWrite;
+use crate::e2e::{self, ReplayGuard};
+use crate::encoding;
+use crate::mtp::{self, Header, MsgType};
+use crate::pins::{PinSet, PinStatus};
+
+/// Incoming messages held at most (waiting for a session's members or a `/trust`);
+/// beyond this they are left unacknowledged for redelivery rather than kept in memory.
+pub const MAX_WAITING_MESSAGES: usize = 10_000;
+/// Longest input line accepted, its line end not counted (a `/msg` text must fit an
+/// envelope anyway). The shell discards a longer line whole, up to its newline, and
+/// reports it as [`BadLine::TooLong`].
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// Escapes control characters (C0, DEL, C1) and backslashes so the text fits on one
+/// line and cannot drive the terminal: `\n`, `\r`, `\t`, `\\`, else `\xNN` or `\u{N}`.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            // C1 controls, line separators, and the bidirectional overrides and
+            // isolates that would let a peer reorder how the line looks.
+            c if (0x80..0xa0).contains(&(c as u32))
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+                )
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What the core reacts to. The shell feeds them one at a time, in the order they
+/// happened.
+#[derive(Debug)]
+pub enum Input {
+    /// A command line from the user, without its line end.
+    Line(String),
+    /// An input line the shell discarded, and why.
+    BadLine(BadLine),
+    /// The end of the user's input: exit once every reply is in.
+    EndOfInput,
+    /// A login succeeded; the connection is up and we are user `uid`.
+    Connected {
+        /// Our user id, from the login answer.
+        uid: u64,
+    },
+    /// A frame from the server, opened (its MTP checks passed).
+    Frame(Header, Vec<u8>),
+    /// The connection is gone (the text says why). Unless the core exits, the shell
+    /// logs in again and then feeds [`Input::Connected`].
+    Lost(String),
+    /// A [`Output::Persist`] could not be written.
+    PersistFailed {
+        /// The file that was not written.
+        file: StateFile,
+        /// What went wrong, for the error line.
+        error: String,
+    },
+}
+
+/// Why the shell discarded an input line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLine {
+    /// Longer than [`MAX_LINE_LEN`]: discarded whole, up to its newline, so no part of
+    /// it can run as a command.
+    TooLong,
+    /// Not UTF-8.
+    NotUtf8,
+}
+
+/// What the core asks the shell to do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Seal and send one request on the current connection.
+    Send {
+        /// Message type.
+        typ: MsgType,
+        /// Session id (0 where none applies).
+        sid: u64,
+        /// The payload, before MTP sealing.
+        payload: Vec<u8>,
+    },
+    /// Print one event line on standard output (without its newline).
+    Print(String),
+    /// Write a state file durably before going on to the next output.
+    Persist(Persist),
+    /// Stop: `Ok` for exit status 0, else the failure.
+    Exit(Result<(), ClientError>),
+}
+
+/// A state the core wants on disk, as data; the shell writes it durably (atomically
+/// where it replaces a file) before it carries out the next output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Persist {
+    /// The last message number handled per session: the whole `received` file.
+    Received(BTreeMap<u64, u64>),
+    /// The ids of opened messages: a write to the `seen` file.
+    Seen(SeenWrite),
+    /// The pinned keys: the whole `known_keys` file.
+    Pins(PinSet),
+}
+
+impl Persist {
+    /// The file this write goes to.
+    pub fn file(&self) -> StateFile {
+        match self {
+            Persist::Received(_) => StateFile::Received,
+            Persist::Seen(_) => StateFile::Seen,
+            Persist::Pins(_) => StateFile::Pins,
+        }
+    }
+}
+
+/// The client's state files the core asks to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFile {
+    /// `received`: the last message number handled per session.
+    Received,
+    /// `seen`: the ids of opened messages.
+    Seen,
+    /// `known_keys`: the pins.
+    Pins,
+}
+
+/// What the core starts from: the states it persisted in an earlier run (empty for a
+/// first run).
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// The pinned keys.
+    pub pins: PinSet,
+    /// The ids of messages already shown.
+    pub seen: ReplayGuard,
+    /// The last message number handled per session.
+    pub received: BTreeMap<u64, u64>,
+}
+
+/// One command line, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// An empty line: nothing to do.
+    Nothing,
+    /// `/init NAME...`
+    Init(Vec<&'a str>),
+    /// `/accept SID`
+    Accept(u64),
+    /// `/decline SID`
+    Decline(u64),
+    /// `/msg SID TEXT`
+    Msg {
+        /// The session.
+        sid: u64,
+        /// The text, as typed (trailing white space removed).
+        text: &'a str,
+    },
+    /// `/close SID`
+    Close(u64),
+    /// `/status [SID]`: the sid, or 0 for the listing.
+    Status(u64),
+    /// `/trust NAME`
+    Trust(&'a str),
+    /// `/quit`
+    Quit,
+}
+
+/// Parses a command line. `Err` is the error line to print (usage, unknown command).
+pub fn parse_command(line: &str) -> Result<Command<'_>, String> {
+    let line = line.trim_end();
+    if line.is_empty() {
+        return Ok(Command::Nothing);
+    }
+    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let name = cmd.trim_start_matches('/');
+    let sid_arg = |rest: &str| encoding::parse_id(rest.trim());
+    match cmd {
+        "/quit" => Ok(Command::Quit),
+        "/init" => {
+            let names: Vec<&str> = rest.split_whitespace().collect();
+            if names.is_empty() {
+                return Err("error init usage: /init NAME...".into());
+            }
+            Ok(Command::Init(names))
+        }
+        "/accept" | "/decline" => match sid_arg(rest) {
+            Some(sid) if cmd == "/accept" => Ok(Command::Accept(sid)),
+            Some(sid) => Ok(Command::Decline(sid)),
+            None => Err(format!("error {name} usage: /{name} SID (16 hex digits)")),
+        },
+        "/msg" => {
+            let (sid, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            match (sid_arg(sid), text.is_empty()) {
+                (Some(sid), false) => Ok(Command::Msg { sid, text }),
+                _ => Err("error msg usage: /msg SID TEXT".into()),
+            }
+        }
+        "/close" => sid_arg(rest)
+            .map(Command::Close)
+            .ok_or_else(|| "error close usage: /close SID".into()),
+        "/status" => {
+            let sid = if rest.trim().is_empty() {
+                Some(0)
+            } else {
+                sid_arg(rest)
+            };
+            sid.map(Command::Status)
+                .ok_or_else(|| "error status usage: /status [SID]".into())
+        }
+        "/trust" => Ok(Command::Trust(rest.trim())),
+        _ => Err(format!(
+            "error {} unknown command; use /init /accept /decline /msg /close /status /trust /quit",
+            escape(name)
+        )),
+    }
+}
+
+/// What the client knows of one participant, from the session's status.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    uid: u64,
+    answer: String,
+    key: Option<String>,
+}
+
+/// What the client knows of a session.
+#[derive(Debug, Clone, Default)]
+struct SessionView {
+    creator: String,
+    members: Vec<Member>,
+}
+
+/// Parses a session status payload `OK\n<pending|live> <creator>\n<participant lines>`.
+/// Public for the fuzzer; the result's shape is private to the client.
+pub fn check_session_status(payload: &str) -> bool {
+    parse_session_status(payload).is_some()
+}
+
+fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
+    let body = payload.strip_prefix("OK\n")?;
+    let mut lines = body.lines();
+    let (state, creator) = lines.next()?.split_once(' ')?;
+    let mut view = SessionView {
+        creator: creator.to_string(),
+        members: Vec::new(),
+    };
+    let mut raw = vec![format!("{state} {creator}")];
+    for line in lines {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 {
+            return None;
+        }
+        view.members.push(Member {
+            name: f[0].to_string(),
+            uid: encoding::parse_id(f[1])?,
+            answer: f[2].to_string(),
+            key: f.get(5).map(|k| k.to_string()),
+        });
+        raw.push(f[..5].join(" "));
+    }
+    Some((view, raw))
+}
+
+/// A `/msg` waiting for the session's member list.
+struct OutgoingMsg {
+    sid: u64,
+    text: String,
+}
+
+/// An incoming message waiting for the session's member list (its author's key).
+struct IncomingMsg {
+    sid: u64,
+    author: u64,
+    n: u64,
+    envelope: Vec<u8>,
+}
+
+/// The client's protocol state. See the module documentation.
+pub struct Core {
+    /// Our username: our own name is pinned to our own key.
+    user: String,
+    /// Our uid, from the latest login (0 before the first).
+    uid: u64,
+    /// Unix time (ns) of the input being handled: the clock the core is given instead
+    /// of reading one. No rule reads it yet; End-to-end v2's chain rotation will.
+    now: u64,
+    /// Whether a connection is up (between [`Input::Connected`] and [`Input::Lost`]).
+    connected: bool,
+    /// Whether a connection was ever up: `connected` is printed only on a return.
+    was_connected: bool,
+    /// The end of input was reached.
+    input_done: bool,
+    /// [`Output::Exit`] was given; nothing more is done.
+    exited: bool,
+    my_key: RsaPrivate,
+    my_public: RsaPublic,
+    my_key_b64: String,
+    pins: PinSet,
+    guard: ReplayGuard,
+    /// The last message number handled per session; persisted before each ack, so a
+    /// restarted client drops redeliveries of what it already showed.
+    received: BTreeMap<u64, u64>,
+    sessions: HashMap<u64, SessionView>,
+    /// status_req we sent for each sid and not yet answered (sid 0 = the listing).
+    status_wanted: HashMap<u64, usize>,
+    /// Status requests we sent ourselves (to learn members), not to print.
+    status_quiet: HashMap<u64, usize>,
+    /// Outstanding init_req count.
+    inits: usize,
+    /// Outstanding msg_req per sid, oldest first (texts are not kept).
+    msgs: HashMap<u64, VecDeque<()>>,
+    /// Outstanding close_req per sid.
+    closes: HashMap<u64, usize>,
+    /// Invitations waiting for the creator's name.
+    invites: HashSet<u64>,
+    outgoing: Vec<OutgoingMsg>,
+    incoming: Vec<IncomingMsg>,
+    /// key-changed lines already shown, by (name, new fingerprint).
+    warned: HashSet<(String, String)>,
+    /// Held messages already announced, by (sid, n).
+    held: HashSet<(u64, u64)>,
+    /// The latest changed key offered per name: what `/trust NAME` trusts.
+    offered: HashMap<String, RsaPublic>,
+    /// The outputs of the input being handled, in order.
+    out: Vec<Output>,
+}
+
+impl Core {
+    /// A client for `user` with end-to-end key `my_key`, starting from `saved`. It is
+    /// not connected until [`Input::Connected`].
+    pub fn new(user: &str, my_key: RsaPrivate, saved: Saved) -> Core {
+        let my_public = my_key.public();
+        let my_key_b64 = my_public.to_base64();
+        Core {
+            user: user.to_string(),
+            uid: 0,
+            now: 0,
+            connected: false,
+            was_connected: false,
+            input_done: false,
+            exited: false,
+            my_key,
+            my_public,
+            my_key_b64,
+            pins: saved.pins,
+            guard: saved.seen,
+            received: saved.received,
+            sessions: HashMap::new(),
+            status_wanted: HashMap::new(),
+            status_quiet: HashMap::new(),
+            inits: 0,
+            msgs: HashMap::new(),
+            closes: HashMap::new(),
+            invites: HashSet::new(),
+            outgoing: Vec::new(),
+            incoming: Vec::new(),
+            warned: HashSet::new(),
+            held: HashSet::new(),
+            offered: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles one input at time `now` (Unix time in nanoseconds) and returns what to
+    /// do about it, in order. After an [`Output::Exit`] every input gives nothing.
+    pub fn handle(&mut self, input: Input, now: u64) -> Vec<Output> {
+        if self.exited {
+            return Vec::new();
+        }
+        self.now = now;
+        match input {
+            Input::Line(line) => self.command(&line),
+            Input::BadLine(BadLine::TooLong) => self.emit(format!(
+                "error input line longer than {MAX_LINE_LEN} bytes; discarded"
+            )),
+            Input::BadLine(BadLine::NotUtf8) => {
+                self.emit("error input line is not UTF-8; discarded".into())
+            }
+            Input::EndOfInput => self.input_done = true,
+            Input::Connected { uid } => {
+                self.uid = uid;
+                self.connected = true;
+                if self.was_connected {
+                    self.emit("connected".into());
+                }
+                self.was_connected = true;
+            }
+            Input::Frame(h, payload) => self.frame(h, payload),
+            Input::Lost(why) => {
+                self.connected = false;
+                self.connection_lost();
+                if self.input_done {
+                    self.exit(Err(ClientError::Server(format!("connection lost: {why}"))));
+                } else {
+                    self.emit(format!("error connection {}; reconnecting", escape(&why)));
+                }
+            }
+            Input::PersistFailed { file, error } => self.persist_failed(file, &error),
+        }
+        if !self.exited && self.input_done && self.outstanding() == 0 {
+            self.exit(Ok(()));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Requests sent and not answered, and `/msg`s waiting for their session's members.
+    pub fn outstanding(&self) -> usize {
+        self.inits
+            + self.msgs.values().map(VecDeque::len).sum::<usize>()
+            + self.closes.values().sum::<usize>()
+            + self.status_wanted.values().sum::<usize>()
+            + self.outgoing.len()
+    }
+
+    fn emit(&mut self, line: String) {
+        self.out.push(Output::Print(line));
+    }
+
+    fn exit(&mut self, result: Result<(), ClientError>) {
+        self.exited = true;
+        self.out.push(Output::Exit(result));
+    }
+
+    fn persist(&mut self, what: Persist) {
+        self.out.push(Output::Persist(what));
+    }
+
+    /// Queues a request; `false` (nothing queued) when there is no connection.
+    fn send(&mut self, typ: MsgType, sid: u64, payload: Vec<u8>) -> bool {
+        if !self.connected {
+            return false;
+        }
+        self.out.push(Output::Send { typ, sid, payload });
+        true
+    }
+
+    fn request_status(&mut self, sid: u64, quiet: bool) {
+        if self.send(MsgType::StatusReq, sid, Vec::new()) {
+            let map = if quiet {
+                &mut self.status_quiet
+            } else {
+                &mut self.status_wanted
+            };
+            *map.entry(sid).or_default() += 1;
+        }
+    }
+
+    fn persist_failed(&mut self, file: StateFile, error: &str) {
+        let error = escape(error);
+        match file {
+            StateFile::Seen => {
+                self.guard.mark_unsaved();
+                self.emit(format!(
+                    "error msg cannot record the message as seen: {error}"
+                ));
+            }
+            StateFile::Received => self.emit(format!(
+                "error msg cannot record the message as received: {error}"
+            )),
+            StateFile::Pins => self.emit(format!("error key {error}")),
+        }
+    }
+
+    fn command(&mut self, line: &str) {
+        let command = match parse_command(line) {
+            Ok(c) => c,
+            Err(e) => return self.emit(e),
+        };
+        match command {
+            Command::Nothing => {}
+            Command::Quit => self.exit(Ok(())),
+            Command::Init(names) => {
+                let payload = format!("{}\n{}\n", self.my_key_b64, names.join("\n"));
+                if payload.len() > mtp::MAX_PAYLOAD_LEN {
+                    self.emit("error init too many names for one request".into());
+                } else if self.send(MsgType::InitReq, 0, payload.into_bytes()) {
+                    self.inits += 1;
+                } else {
+                    self.emit("error init not connected".into());
+                }
+            }
+            Command::Accept(sid) => {
+                let payload = format!("Accept\n{}", self.my_key_b64);
+                if !self.send(MsgType::InviteRes, sid, payload.into_bytes()) {
+                    self.emit("error accept not connected".into());
+                } else {
+                    self.request_status(sid, true);
+                }
+                self.invites.remove(&sid);
+            }
+            Command::Decline(sid) => {
+                if !self.send(MsgType::InviteRes, sid, b"Deny".to_vec()) {
+                    self.emit("error decline not connected".into());
+                }
+                self.invites.remove(&sid);
+            }
+            Command::Msg { sid, text } => {
+                self.outgoing.push(OutgoingMsg {
+                    sid,
+                    text: text.to_string(),
+                });
+                if !self.sessions.contains_key(&sid) {
+                    self.request_status(sid, true);
+                }
+                self.flush_outgoing();
+            }
+            Command::Close(sid) => {
+                if self.send(MsgType::CloseReq, sid, Vec::new()) {
+                    *self.closes.entry(sid).or_default() += 1;
+                } else {
+                    self.emit("error close not connected".into());
+                }
+            }
+            Command::Status(sid) => {
+                if !self.send(MsgType::StatusReq, sid, Vec::new()) {
+                    self.emit("error status not connected".into());
+                } else {
+                    *self.status_wanted.entry(sid).or_default() += 1;
+                }
+            }
+            Command::Trust(who) => {
+                // Trust exactly the key the last key-changed line for this name showed.
+                match self.offered.remove(who) {
+                    Some(key) => match self.pins.trust(who, &key) {
+                        Ok(_) => {
+                            self.persist(Persist::Pins(self.pins.clone()));
+                            self.warned.retain(|(n, _)| n != who);
+                            self.emit(format!("trusted {} {}", who, key.fingerprint()));
+                            self.flush_incoming();
+                        }
+                        Err(e) => self.emit(format!("error trust {}", escape(&e.to_string()))),
+                    },
+                    None => self.emit(format!(
+                        "error trust no changed key to trust for {}",
+                        escape(who)
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The key of `name` if it may be used: pinned on first use, refused while changed.
+    fn usable_key(&mut self, name: &str, key_b64: &str) -> Option<RsaPublic> {
+        self.check_key(name, key_b64).ok()
+    }
+
+    /// Checks `name`'s key against its pin. `Err(true)` means the key changed and waits
+    /// for `/trust`; `Err(false)` that it is unusable (invalid, or not a valid name).
+    fn check_key(&mut self, name: &str, key_b64: &str) -> Result<RsaPublic, bool> {
+        let key = RsaPublic::from_base64(key_b64).map_err(|_| false)?;
+        // Our own name is pinned to our own key: the server cannot add a second "us".
+        if name == self.user {
+            if key == self.my_public {
+                return Ok(key);
+            }
+            if self.warned.insert((name.to_string(), key.fingerprint())) {
+                self.emit(format!(
+                    "error key the server lists a key that is not yours under your name {}",
+                    escape(name)
+                ));
+            }
+            return Err(false);
+        }
+        // A key belongs to one name: the server cannot relabel a known key.
+        if let Some(owner) = self.pins.name_of(&key).filter(|owner| *owner != name) {
+            let owner = escape(owner);
+            if self.warned.insert((name.to_string(), key.fingerprint())) {
+                self.emit(format!(
+                    "error key the server offers the key of {owner} under the name {}",
+                    escape(name)
+                ));
+            }
+            return Err(false);
+        }
+        match self.pins.check(name, &key) {
+            Ok(PinStatus::New) => {
+                self.persist(Persist::Pins(self.pins.clone()));
+                Ok(key)
+            }
+            Ok(PinStatus::Match) => Ok(key),
+            Ok(PinStatus::Changed {
+                old_fingerprint,
+                new_fingerprint,
+            }) => {
+                self.offered.insert(name.to_string(), key.clone());
+                if self
+                    .warned
+                    .insert((name.to_string(), new_fingerprint.clone()))
+                {
+                    self.emit(format!(
+                        "key-changed {} {} {}",
+                        escape(name),
+                        old_fingerprint,
+                        new_fingerprint
+                    ));
+                }
+                Err(true)
+            }
+            Err(e) => {
+                self.emit(format!("error key {}", escape(&e.to_string())));
+                Err(false)
+            }
+        }
+    }
+
+    /// Sends every queued `/msg` whose session's members are known.
+    fn flush_outgoing(&mut self) {
+        let queued = std::mem::take(&mut self.outgoing);
+        for m in queued {
+            let Some(view) = self.sessions.get(&m.sid).cloned() else {
+                if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
+                    self.outgoing.push(m);
+                } else {
+                    self.emit(format!(
+                        "error msg {} not a participant",
+                        encoding::id_hex(m.sid)
+                    ));
+                }
+                continue;
+            };
+            let mut keys = Vec::new();
+            let me = self.uid;
+            let my_name = self.user.clone();
+            for member in view
+                .members
+                .iter()
+                .filter(|p| p.answer == "accepted" && p.uid != me && p.name != my_name)
+            {
+                if let Some(key) = member
+                    .key
+                    .as_deref()
+                    .and_then(|k| self.usable_key(&member.name, k))
+                {
+                    keys.push((member.uid, key));
+                }
+            }
+            if keys.is_empty() {
+                self.emit(format!(
+                    "error msg {} nobody to encrypt to yet",
+                    encoding::id_hex(m.sid)
+                ));
+                continue;
+            }
+            let recipients: Vec<(u64, &RsaPublic)> = keys.iter().map(|(u, k)| (*u, k)).collect();
+            match e2e::seal(m.sid, self.uid, &self.my_key, &recipients, &m.text) {
+                Ok(env) => {
+                    if self.send(MsgType::MsgReq, m.sid, env) {
+                        self.msgs.entry(m.sid).or_default().push_back(());
+                    } else {
+                        self.emit(format!(
+                            "error msg {} not connected",
+                            encoding::id_hex(m.sid)
+                        ));
+                    }
+                }
+                Err(e) => self.emit(format!("error msg {} {}", encoding::id_hex(m.sid), e)),
+            }
+        }
+    }
+
+    /// Opens queued incoming messages in `n` order per session. A message whose
+    /// author's key changed is held, unacknowledged, with everything after it in that
+    /// session, until `/trust`: acknowledgements are cumulative, so acknowledging a
+    /// later message would let the server forget the held one.
+    fn flush_incoming(&mut self) {
+        let queued = std::mem::take(&mut self.incoming);
+        let mut blocked = HashSet::new();
+        for m in queued {
+            if blocked.contains(&m.sid) {
+                self.incoming.push(m);
+                continue;
+            }
+            let author = self
+                .sessions
+                .get(&m.sid)
+                .and_then(|s| s.members.iter().find(|p| p.uid == m.author))
+                .cloned();
+            let sid_hex = encoding::id_hex(m.sid);
+            let Some(author) = author else {
+                if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
+                    blocked.insert(m.sid);
+                    self.incoming.push(m);
+                } else {
+                    self.emit(format!(
+                        "error msg {sid_hex} message from an unknown author"
+                    ));
+                    self.done_with(m.sid, m.n);
+                }
+                continue;
+            };
+            match author
+                .key
+                .as_deref()
+                .map(|k| self.check_key(&author.name, k))
+            {
+                Some(Ok(key)) => self.open_message(m, &author, &key),
+                Some(Err(true)) => {
+                    if self.held.insert((m.sid, m.n)) {
+                        self.emit(format!(
+                            "error msg {sid_hex} message from {} held until /trust {}",
+                            escape(&author.name),
+                            escape(&author.name)
+                        ));
+                    }
+                    blocked.insert(m.sid);
+                    self.incoming.push(m);
+                }
+                _ => {
+                    self.emit(format!(
+                        "error msg {sid_hex} no usable key for {}",
+                        escape(&author.name)
+                    ));
+                    self.done_with(m.sid, m.n);
+                }
+            }
+        }
+    }
+
+    /// Opens one message and shows it (or why not), then records and acknowledges it:
+    /// print, persist, ack, in that order (see the module documentation).
+    fn open_message(&mut self, m: IncomingMsg, author: &Member, key: &RsaPublic) {
+        let sid_hex = encoding::id_hex(m.sid);
+        match e2e::open(m.sid, m.author, key, self.uid, &self.my_key, &m.envelope) {
+            Ok(opened) => {
+                if !self.guard.contains(m.sid, m.author, &opened.msg_id) {
+                    self.emit(format!(
+                        "msg {sid_hex} {} {}",
+                        escape(&author.name),
+                        escape(&opened.text)
+                    ));
+                    let write = self.guard.record(m.sid, m.author, opened.msg_id);
+                    self.persist(Persist::Seen(write));
+                } else {
+                    self.emit(format!(
+                        "error msg {sid_hex} replayed message from {}",
+                        escape(&author.name)
+                    ));
+                }
+            }
+            Err(e) => self.emit(format!(
+                "error msg {sid_hex} {e} (from {})",
+                escape(&author.name)
+            )),
+        }
+        self.done_with(m.sid, m.n);
+    }
+
+    /// Records `n` as handled in `sid` (persisted) and acknowledges it.
+    fn done_with(&mut self, sid: u64, n: u64) {
+        let last = self.received.entry(sid).or_insert(0);
+        if n > *last {
+            *last = n;
+            self.persist(Persist::Received(self.received.clone()));
+        }
+        self.send(MsgType::MsgRes, sid, format!("OK {n}").into_bytes());
+    }
+
+    fn frame(&mut self, h: Header, payload: Vec<u8>) {
+        let sid_hex = encoding::id_hex(h.sid);
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        match h.typ {
+            MsgType::InitRes => {
+                self.inits = self.inits.saturating_sub(1);
+                if text == "OK" {
+                    self.emit(format!("init {sid_hex} ok"));
+                } else {
+                    self.emit(format!(
+                        "error init {}",
+                        escape(text.trim_start_matches("error: "))
+                    ));
+                }
+            }
+            MsgType::InviteReq => {
+                self.invites.insert(h.sid);
+                self.request_status(h.sid, true);
+            }
+            MsgType::MsgReq => self.delivery(h, &sid_hex, payload),
+            MsgType::MsgRes => {
+                if let Some(q) = self.msgs.get_mut(&h.sid) {
+                    q.pop_front();
+                }
+                match text.strip_prefix("OK ") {
+                    Some(n) => self.emit(format!("sent {sid_hex} {}", escape(n))),
+                    None => self.emit(format!(
+                        "error msg {sid_hex} {}",
+                        escape(text.trim_start_matches("error: "))
+                    )),
+                }
+            }
+            MsgType::CloseReq => {
+                self.sessions.remove(&h.sid);
+                self.emit(format!("closed {sid_hex}"));
+            }
+            MsgType::CloseRes => {
+                if let Some(c) = self.closes.get_mut(&h.sid) {
+                    *c = c.saturating_sub(1);
+                }
+                if text == "OK" {
+                    self.sessions.remove(&h.sid);
+                    self.emit(format!("closed {sid_hex}"));
+                } else {
+                    self.emit(format!(
+                        "error close {sid_hex} {}",
+                        escape(text.trim_start_matches("error: "))
+                    ));
+                }
+            }
+            MsgType::StatusReq => {
+                // The server's heartbeat.
+                self.send(MsgType::StatusRes, 0, b"Online".to_vec());
+            }
+            MsgType::StatusRes => self.status(h.sid, &text),
+            MsgType::InitReq | MsgType::InviteRes => {
+                self.emit(format!(
+                    "error server sent an unexpected message type {:04x}",
+                    h.typ.code()
+                ));
+            }
+        }
+    }
+
+    /// A delivered message: `n` (8 bytes) and the envelope.
+    fn delivery(&mut self, h: Header, sid_hex: &str, payload: Vec<u8>) {
+        let Some((n, envelope)) = payload.split_first_chunk::<8>() else {
+            self.emit(format!("error msg {sid_hex} malformed delivery"));
+            return;
+        };
+        let n = u64::from_be_bytes(*n);
+        if self.received.get(&h.sid).is_some_and(|&last| n <= last) {
+            // A redelivery of something already shown: acknowledge it again.
+            self.send(MsgType::MsgRes, h.sid, format!("OK {n}").into_bytes());
+            return;
+        }
+        if self.incoming.iter().any(|m| m.sid == h.sid && m.n == n) {
+            return;
+        }
+        if self.incoming.len() >= MAX_WAITING_MESSAGES {
+            // Not acknowledged: the server keeps it and delivers it again.
+            self.emit(format!(
+                "error msg {sid_hex} too many messages waiting; will retry at next login"
+            ));
+            return;
+        }
+        self.incoming.push(IncomingMsg {
+            sid: h.sid,
+            author: h.uid,
+            n,
+            envelope: envelope.to_vec(),
+        });
+        let known = self
+            .sessions
+            .get(&h.sid)
+            .is_some_and(|s| s.members.iter().any(|p| p.uid == h.uid));
+        if !known && self.status_quiet.get(&h.sid).copied().unwrap_or(0) == 0 {
+            self.request_status(h.sid, true);
+        }
+        self.flush_incoming();
+    }
+
+    fn status(&mut self, sid: u64, text: &str) {
+        let sid_hex = encoding::id_hex(sid);
+        let take = |m: &mut HashMap<u64, usize>| match m.get_mut(&sid) {
+            Some(c) if *c > 0 => {
+                *c -= 1;
+                true
+            }
+            _ => false,
+        };
+        let wanted = take(&mut self.status_wanted);
+        let quiet = !wanted && take(&mut self.status_quiet);
+        if sid == 0 {
+            if let Some(body) = text.strip_prefix("OK\n") {
+                if wanted {
+                    let lines: Vec<String> = body
+                        .lines()
+                        .map(|l| format!("status {}", escape(l)))
+                        .collect();
+                    if lines.is_empty() {
+                        self.emit("status none".into());
+                    }
+                    for l in lines {
+                        self.emit(l);
+                    }
+                }
+            } else if wanted {
+                self.emit(format!(
+                    "error status {}",
+                    escape(text.trim_start_matches("error: "))
+                ));
+            }
+            return;
+        }
+        match parse_session_status(text) {
+            Some((view, lines)) => {
+                // Learn the members' keys (pinning on first use) as soon as they appear.
+                let members: Vec<(String, String)> = view
+                    .members
+                    .iter()
+                    .filter(|m| m.uid != self.uid)
+                    .filter_map(|m| m.key.clone().map(|k| (m.name.clone(), k)))
+                    .collect();
+                self.sessions.insert(sid, view.clone());
+                for (name, key) in members {
+                    let _ = self.usable_key(&name, &key);
+                }
+                if self.invites.remove(&sid) {
+                    self.emit(format!("invite {sid_hex} {}", escape(&view.creator)));
+                }
+                if wanted {
+                    for l in lines {
+                        self.emit(format!("status {sid_hex} {}", escape(&l)));
+                    }
+                }
+            }
+            None => {
+                let reason = text.trim_start_matches("error: ").to_string();
+                if wanted {
+                    self.emit(format!("error status {sid_hex} {}", escape(&reason)));
+                }
+                if self.invites.remove(&sid) {
+                    self.emit(format!("invite {sid_hex} ?"));
+                }
+                if quiet && reason == "session closed" {
+                    self.sessions.remove(&sid);
+                }
+            }
+        }
+        self.flush_outgoing();
+        self.flush_incoming();
+    }
+
+    /// Forgets requests whose answers were lost with the connection.
+    fn connection_lost(&mut self) {
+        let lost = self.outstanding() - self.outgoing.len();
+        self.inits = 0;
+        self.msgs.clear();
+        self.closes.clear();
+        self.status_wanted.clear();
+        self.status_quiet.clear();
+        if lost > 0 {
+            self.emit(format!(
+                "error connection lost with {lost} request(s) unanswered"
+            ));
+        }
+        for m in std::mem::take(&mut self.outgoing) {
+            self.emit(format!(
+                "error msg {} not sent: connection lost",
+                encoding::id_hex(m.sid)
+            ));
+        }
+        self.incoming.clear();
+    }
+}
