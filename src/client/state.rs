@@ -1006,3 +1006,415 @@ impl Core {
         self.incoming.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    const SID: u64 = 0x5e55_0000_0000_0001;
+    const ME: u64 = 0x0c0c_0c0c_0c0c_0c0c;
+
+    /// A core for "carol", connected as [`ME`]; the key is made once per test binary.
+    fn core() -> Core {
+        static PEM: OnceLock<String> = OnceLock::new();
+        let pem = PEM.get_or_init(|| {
+            RsaPrivate::generate(2048)
+                .unwrap()
+                .to_pkcs8_pem()
+                .unwrap()
+                .to_string()
+        });
+        let mut c = Core::new(
+            "carol",
+            RsaPrivate::from_pkcs8_pem(pem).unwrap(),
+            Saved::default(),
+        );
+        assert!(c.handle(Input::Connected { uid: ME }, 0).is_empty());
+        c
+    }
+
+    fn frame(typ: MsgType, sid: u64, payload: &str) -> Input {
+        let h = Header {
+            typ,
+            len: 0,
+            sqn: 1,
+            sid,
+            uid: 0,
+        };
+        Input::Frame(h, payload.as_bytes().to_vec())
+    }
+
+    fn line(text: &str) -> Input {
+        Input::Line(text.into())
+    }
+
+    /// The outputs as short strings: `> TYPE SID PAYLOAD` for a request, the line for
+    /// a print, `persist FILE`, `exit RESULT`.
+    fn show(outputs: Vec<Output>) -> Vec<String> {
+        outputs
+            .into_iter()
+            .map(|o| match o {
+                Output::Send { typ, sid, payload } => format!(
+                    "> {typ:?} {} {}",
+                    encoding::id_hex(sid),
+                    String::from_utf8_lossy(&payload)
+                ),
+                Output::Print(l) => l,
+                Output::Persist(p) => format!("persist {:?}", p.file()),
+                Output::Exit(r) => format!("exit {r:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn escape_neutralises_control_characters_and_fake_lines() {
+        assert_eq!(escape("hi\nmsg 00 eve x"), "hi\\nmsg 00 eve x");
+        assert_eq!(escape("\x1b[31mred"), "\\x1b[31mred");
+        assert_eq!(escape("a\\nb"), "a\\\\nb");
+        assert_eq!(escape("tab\there\r"), "tab\\there\\r");
+        assert_eq!(escape("\u{85}\u{2028}\x7f"), "\\u{85}\\u{2028}\\x7f");
+        assert_eq!(escape("héllo wörld"), "héllo wörld");
+        assert_eq!(escape("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
+    }
+
+    #[test]
+    fn session_status_parses_members_and_keys() {
+        let (view, lines) = parse_session_status(
+            "OK\nlive alice\nalice 000000000000000a accepted online 0 KEYA\nbob 000000000000000b invited offline 0\n",
+        )
+        .unwrap();
+        assert_eq!(view.creator, "alice");
+        assert_eq!(view.members.len(), 2);
+        assert_eq!(view.members[0].key.as_deref(), Some("KEYA"));
+        assert_eq!(view.members[1].key, None);
+        assert_eq!(lines[1], "alice 000000000000000a accepted online 0");
+        assert!(parse_session_status("error: not a participant").is_none());
+    }
+
+    #[test]
+    fn commands_parse_with_their_arguments() {
+        let sid = "5e55000000000001";
+        assert_eq!(parse_command(""), Ok(Command::Nothing));
+        assert_eq!(parse_command("   "), Ok(Command::Nothing));
+        assert_eq!(parse_command("/quit"), Ok(Command::Quit));
+        assert_eq!(
+            parse_command("/init bob  carol "),
+            Ok(Command::Init(vec!["bob", "carol"]))
+        );
+        assert_eq!(
+            parse_command(&format!("/accept {sid}")),
+            Ok(Command::Accept(SID))
+        );
+        assert_eq!(
+            parse_command(&format!("/decline  {sid} ")),
+            Ok(Command::Decline(SID))
+        );
+        assert_eq!(
+            parse_command(&format!("/close {sid}")),
+            Ok(Command::Close(SID))
+        );
+        assert_eq!(parse_command("/status"), Ok(Command::Status(0)));
+        assert_eq!(
+            parse_command(&format!("/status {sid}")),
+            Ok(Command::Status(SID))
+        );
+        assert_eq!(parse_command("/trust  alice "), Ok(Command::Trust("alice")));
+        // The text is the rest of the line: inner spaces kept, trailing ones dropped.
+        assert_eq!(
+            parse_command(&format!("/msg {sid}  two  spaces \t")),
+            Ok(Command::Msg {
+                sid: SID,
+                text: " two  spaces"
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_commands_get_a_usage_line_naming_the_command() {
+        for (input, error) in [
+            ("/init", "error init usage: /init NAME..."),
+            ("/init   ", "error init usage: /init NAME..."),
+            (
+                "/accept 5E55000000000001",
+                "error accept usage: /accept SID (16 hex digits)",
+            ),
+            (
+                "/decline 5e55",
+                "error decline usage: /decline SID (16 hex digits)",
+            ),
+            ("/msg 5e55000000000001", "error msg usage: /msg SID TEXT"),
+            ("/msg 5e55000000000001 ", "error msg usage: /msg SID TEXT"),
+            ("/msg nosid hello", "error msg usage: /msg SID TEXT"),
+            ("/close", "error close usage: /close SID"),
+            ("/status x", "error status usage: /status [SID]"),
+        ] {
+            assert_eq!(parse_command(input), Err(error.to_string()), "{input:?}");
+        }
+        assert_eq!(
+            parse_command("/bogus\x1b[2J x"),
+            Err("error bogus\\x1b[2J unknown command; use /init /accept /decline /msg /close /status /trust /quit".into())
+        );
+        assert!(parse_command("hello")
+            .unwrap_err()
+            .starts_with("error hello unknown command;"));
+    }
+
+    #[test]
+    fn replies_become_event_lines_with_the_servers_text_escaped() {
+        let mut c = core();
+        let sid = encoding::id_hex(SID);
+        let out = show(c.handle(line("/init bob"), 0));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("> InitReq 0000000000000000 "), "{out:?}");
+        assert!(out[0].ends_with("\nbob\n"), "{out:?}");
+        assert_eq!(
+            show(c.handle(frame(MsgType::InitRes, SID, "OK"), 0)),
+            [format!("init {sid} ok")]
+        );
+        c.handle(line("/init bob"), 0);
+        assert_eq!(
+            show(c.handle(frame(MsgType::InitRes, 0, "error: unknown user bob\r"), 0)),
+            ["error init unknown user bob\\r"]
+        );
+        assert_eq!(
+            show(c.handle(line(&format!("/close {sid}")), 0)),
+            [format!("> CloseReq {sid} ")]
+        );
+        assert_eq!(
+            show(c.handle(
+                frame(MsgType::CloseRes, SID, "error: only the creator can close"),
+                0
+            )),
+            [format!("error close {sid} only the creator can close")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::CloseRes, SID, "OK"), 0)),
+            [format!("closed {sid}")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::MsgRes, SID, "OK 12"), 0)),
+            [format!("sent {sid} 12")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::MsgRes, SID, "error: backlog full"), 0)),
+            [format!("error msg {sid} backlog full")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::CloseReq, SID, ""), 0)),
+            [format!("closed {sid}")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::InviteRes, SID, ""), 0)),
+            ["error server sent an unexpected message type 0310"]
+        );
+        assert_eq!(c.outstanding(), 0);
+    }
+
+    #[test]
+    fn the_heartbeat_is_answered_and_nothing_printed() {
+        let mut c = core();
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusReq, 0, ""), 0)),
+            ["> StatusRes 0000000000000000 Online"]
+        );
+    }
+
+    #[test]
+    fn a_status_listing_is_printed_only_when_asked_for() {
+        let mut c = core();
+        // Pushed, not asked for: nothing to print.
+        assert!(c.handle(frame(MsgType::StatusRes, 0, "OK\n"), 0).is_empty());
+        assert_eq!(
+            show(c.handle(line("/status"), 0)),
+            ["> StatusReq 0000000000000000 "]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusRes, 0, "OK\n"), 0)),
+            ["status none"]
+        );
+        c.handle(line("/status"), 0);
+        assert_eq!(
+            show(c.handle(
+                frame(
+                    MsgType::StatusRes,
+                    0,
+                    "OK\n5e55000000000001 live alice\n5e55000000000002 invited bob\n"
+                ),
+                0
+            )),
+            [
+                "status 5e55000000000001 live alice",
+                "status 5e55000000000002 invited bob"
+            ]
+        );
+        c.handle(line("/status"), 0);
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusRes, 0, "error: try later"), 0)),
+            ["error status try later"]
+        );
+    }
+
+    #[test]
+    fn an_invitation_is_printed_with_its_creator_once_the_session_status_is_in() {
+        let mut c = core();
+        let sid = encoding::id_hex(SID);
+        assert_eq!(
+            show(c.handle(frame(MsgType::InviteReq, SID, ""), 0)),
+            [format!("> StatusReq {sid} ")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusRes, SID, "OK\nlive alice\n"), 0)),
+            [format!("invite {sid} alice")]
+        );
+        c.handle(frame(MsgType::InviteReq, SID, ""), 0);
+        assert_eq!(
+            show(c.handle(
+                frame(MsgType::StatusRes, SID, "error: not a participant"),
+                0
+            )),
+            [format!("invite {sid} ?")]
+        );
+        let out = show(c.handle(line(&format!("/accept {sid}")), 0));
+        assert!(
+            out[0].starts_with(&format!("> InviteRes {sid} Accept\n")),
+            "{out:?}"
+        );
+        assert_eq!(out[1], format!("> StatusReq {sid} "));
+        assert_eq!(
+            show(c.handle(line(&format!("/decline {sid}")), 0)),
+            [format!("> InviteRes {sid} Deny")]
+        );
+    }
+
+    #[test]
+    fn a_message_to_a_session_without_other_members_is_refused() {
+        let mut c = core();
+        let sid = encoding::id_hex(SID);
+        assert_eq!(
+            show(c.handle(line(&format!("/msg {sid} hello")), 0)),
+            [format!("> StatusReq {sid} ")]
+        );
+        assert_eq!(
+            show(c.handle(
+                frame(MsgType::StatusRes, SID, "error: not a participant"),
+                0
+            )),
+            [format!("error msg {sid} not a participant")]
+        );
+        c.handle(line(&format!("/status {sid}")), 0);
+        c.handle(frame(MsgType::StatusRes, SID, "OK\nlive carol\n"), 0);
+        assert_eq!(
+            show(c.handle(line(&format!("/msg {sid} hello")), 0)),
+            [format!("error msg {sid} nobody to encrypt to yet")]
+        );
+    }
+
+    #[test]
+    fn end_of_input_waits_for_every_reply_then_exits() {
+        let mut c = core();
+        c.handle(line("/status"), 0);
+        assert!(c.handle(Input::EndOfInput, 0).is_empty());
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusRes, 0, "OK\n"), 0)),
+            ["status none", "exit Ok(())"]
+        );
+        assert!(
+            c.handle(line("/status"), 0).is_empty(),
+            "nothing after the exit"
+        );
+    }
+
+    #[test]
+    fn quit_exits_at_once() {
+        let mut c = core();
+        c.handle(line("/status"), 0);
+        assert_eq!(show(c.handle(line("/quit"), 0)), ["exit Ok(())"]);
+    }
+
+    #[test]
+    fn a_lost_connection_reports_unanswered_requests_then_waits_to_be_back() {
+        let mut c = core();
+        c.handle(line("/status"), 0);
+        c.handle(line("/init bob"), 0);
+        assert_eq!(
+            show(c.handle(Input::Lost("end of stream".into()), 0)),
+            [
+                "error connection lost with 2 request(s) unanswered",
+                "error connection end of stream; reconnecting"
+            ]
+        );
+        assert_eq!(
+            show(c.handle(line("/status"), 0)),
+            ["error status not connected"]
+        );
+        assert_eq!(
+            show(c.handle(line("/init bob"), 0)),
+            ["error init not connected"]
+        );
+        assert_eq!(
+            show(c.handle(Input::Connected { uid: ME }, 0)),
+            ["connected"]
+        );
+        c.handle(Input::EndOfInput, 0);
+        assert!(c.exited);
+    }
+
+    #[test]
+    fn a_connection_lost_after_the_end_of_input_is_a_failure() {
+        let mut c = core();
+        c.handle(line("/status"), 0);
+        c.handle(Input::EndOfInput, 0);
+        assert_eq!(
+            show(c.handle(Input::Lost("reset".into()), 0)),
+            [
+                "error connection lost with 1 request(s) unanswered".to_string(),
+                format!(
+                    "exit {:?}",
+                    Err::<(), _>(ClientError::Server("connection lost: reset".into()))
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_input_lines_get_one_error_line_each() {
+        let mut c = core();
+        assert_eq!(
+            show(c.handle(Input::BadLine(BadLine::TooLong), 0)),
+            ["error input line longer than 65536 bytes; discarded"]
+        );
+        assert_eq!(
+            show(c.handle(Input::BadLine(BadLine::NotUtf8), 0)),
+            ["error input line is not UTF-8; discarded"]
+        );
+    }
+
+    #[test]
+    fn a_delivery_without_its_number_is_malformed_and_not_acknowledged() {
+        let mut c = core();
+        assert_eq!(
+            show(c.handle(frame(MsgType::MsgReq, SID, "1234567"), 0)),
+            ["error msg 5e55000000000001 malformed delivery"]
+        );
+    }
+
+    #[test]
+    fn a_redelivery_of_a_number_already_handled_is_acknowledged_again_silently() {
+        let mut c = core();
+        c.received.insert(SID, 5);
+        let mut payload = 4u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"whatever");
+        let h = Header {
+            typ: MsgType::MsgReq,
+            len: 0,
+            sqn: 1,
+            sid: SID,
+            uid: 0x0a,
+        };
+        assert_eq!(
+            show(c.handle(Input::Frame(h, payload), 0)),
+            ["> MsgRes 5e55000000000001 OK 4"]
+        );
+    }
+}

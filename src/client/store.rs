@@ -67,6 +67,11 @@ impl Store {
         }
     }
 
+    /// The config directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Reads our own key and every state the core persisted in an earlier run. A
     /// missing file is a first run; a damaged `known_keys` or `seen` file stops the
     /// client rather than silently dropping what it protects.
