@@ -4,7 +4,8 @@
 #                     (cargo build --release --locked)
 #   make test         cargo fmt --check and clippy, every cargo test, the man page
 #                     lint, then make demo
-#   make run          the server on 0.0.0.0:5150 with its state in ./state
+#   make run          release build of mpchatd and mpchat, then the server on
+#                     0.0.0.0:5150 with its state in ./state
 #   make demo         a scripted three-person chat on a free loopback port (debug build)
 #   make fuzz         the mutation fuzzer over every parser, 1,000,000 cases
 #   make perf         measurements (frame rate, login cost, latency, memory, durability)
@@ -60,8 +61,11 @@ test: lint
 	@$(MAKE) --no-print-directory lint-man
 	@$(MAKE) --no-print-directory demo
 
+# Builds both binaries, so the README's "Try it on one machine" finds
+# target/release/mpchat next to mpchatd.
 run:
-	$(CARGO) run --release --locked --bin mpchatd -- --state-dir '$(RUN_STATE_DIR)' --listen $(RUN_LISTEN)
+	$(CARGO) build --release --locked --bin mpchatd --bin mpchat
+	'$(RELEASE_DIR)/mpchatd' --state-dir '$(RUN_STATE_DIR)' --listen $(RUN_LISTEN)
 
 # The debug build: quick to make, and the one cargo test has built already.
 demo:

@@ -254,3 +254,118 @@ fn alice_invites_bob(alice: &mut Client, bob: &mut Client) -> String {
     assert_eq!(alice.expect("init "), format!("init {sid} ok"));
     sid
 }
+
+/// Bytes from a fixed xorshift sequence: the same "random" input on every run.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_line_over_the_limit_gives_one_error_and_no_part_of_it_runs() {
+    let server = Server::start(&["--invite-wait", "5"]);
+    let u = users(&server, &["alice", "bob"]);
+    let mut alice = Client::start(&server, &u[0]);
+    let mut bob = Client::start(&server, &u[1]);
+    let sid = alice_invites_bob(&mut alice, &mut bob);
+
+    // 65,568 bytes whose tail, cut at 64 KiB, would be a command of its own: alice
+    // created the session, so `/close` would close it.
+    let head = format!("/msg {sid} ");
+    let tail = format!("/close {sid}");
+    let mut long = head.clone().into_bytes();
+    long.resize(65_568 - tail.len(), b'x');
+    long.extend_from_slice(tail.as_bytes());
+    assert_eq!(long.len(), 65_568);
+    long.push(b'\n');
+    alice.send_raw(&long);
+    // A megabyte line: one error line too, which does not echo it.
+    let mut huge = format!("/msg {sid} ").into_bytes();
+    huge.resize(1 << 20, b'y');
+    huge.push(b'\n');
+    alice.send_raw(&huge);
+    alice.send(&format!("/msg {sid} after"));
+
+    assert_eq!(
+        alice.expect("error "),
+        "error input line longer than 65536 bytes; discarded"
+    );
+    assert_eq!(
+        alice.expect("error "),
+        "error input line longer than 65536 bytes; discarded"
+    );
+    assert_eq!(alice.expect("sent "), format!("sent {sid} 1"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice after"));
+    alice.send(&format!("/status {sid}"));
+    assert_eq!(
+        alice.expect(&format!("status {sid} ")),
+        format!("status {sid} live alice")
+    );
+
+    let (status, lines) = alice.finish();
+    assert!(status.success(), "{lines:?}");
+    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("error ")).collect();
+    assert_eq!(errors.len(), 2, "one error line per long line: {lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("closed ") || l.len() > 200),
+        "{lines:?}"
+    );
+    let (_, bob_lines) = bob.finish();
+    assert!(
+        !bob_lines.iter().any(|l| l.starts_with("closed ")),
+        "{bob_lines:?}"
+    );
+}
+
+#[test]
+fn a_line_that_is_not_utf8_gets_an_error_and_the_client_goes_on() {
+    let server = Server::start(&["--invite-wait", "5"]);
+    let u = users(&server, &["alice", "bob"]);
+    let mut alice = Client::start(&server, &u[0]);
+    let mut bob = Client::start(&server, &u[1]);
+    let sid = alice_invites_bob(&mut alice, &mut bob);
+
+    // The bytes of the issue: `printf '/status\n/msg SID caf\xe9\n/msg SID after\n'`.
+    let mut input = format!("/status\n/msg {sid} caf").into_bytes();
+    input.push(0xe9);
+    input.extend_from_slice(format!("\n/msg {sid} after\n").as_bytes());
+    alice.send_raw(&input);
+    assert_eq!(alice.expect("status "), format!("status {sid} live alice"));
+    assert_eq!(
+        alice.expect("error "),
+        "error input line is not UTF-8; discarded"
+    );
+    assert_eq!(alice.expect("sent "), format!("sent {sid} 1"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice after"));
+
+    // 100 KB of noise: each line of it is an error, and the client carries on.
+    alice.send_raw(&noise(100_000));
+    alice.send_raw(b"\n");
+    alice.send(&format!("/msg {sid} still here"));
+    assert_eq!(alice.expect("sent "), format!("sent {sid} 2"));
+    assert_eq!(bob.expect("msg "), format!("msg {sid} alice still here"));
+
+    let (status, lines) = alice.finish();
+    assert!(status.success(), "{lines:?}");
+    let noise_lines = &lines[lines
+        .iter()
+        .position(|l| l == &format!("sent {sid} 1"))
+        .unwrap()
+        + 1..lines.len() - 1];
+    assert!(!noise_lines.is_empty());
+    assert!(
+        noise_lines
+            .iter()
+            .all(|l| l.starts_with("error ") && !l.chars().any(char::is_control)),
+        "{noise_lines:?}"
+    );
+}

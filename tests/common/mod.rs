@@ -260,6 +260,13 @@ impl Client {
         stdin.flush().unwrap();
     }
 
+    /// Writes raw bytes to stdin as they are (no newline added, any bytes at all).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// Takes the first not yet taken line for which `pred` holds, waiting for it if
     /// need be; lines that do not match stay available to later expectations.
     pub fn expect_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
