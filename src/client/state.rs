@@ -30,6 +30,15 @@
 //! [`Input::PersistFailed`], which prints an error line and makes the next write of
 //! that file a whole rewrite.
 //!
+//! # Payloads
+//!
+//! Every request is built, and every frame from the server decoded, by
+//! [`crate::proto`]; the core acts on the typed values ([`ServerMessage`]). A frame
+//! proto refuses breaks the design's grammar (a broken or hostile server): it is still
+//! read the lenient way the client always read it, so the user sees, escaped, what
+//! the server said, but nothing in it is trusted more (keys are pinned and checked as
+//! ever) and a malformed delivery is neither opened nor acknowledged.
+//!
 //! # What it must never do
 //!
 //! Read the clock (`now` is an argument), open a file or socket, spawn a thread, or
@@ -46,6 +55,10 @@ use crate::e2e::{self, ReplayGuard};
 use crate::encoding;
 use crate::mtp::{self, Header, MsgType};
 use crate::pins::{PinSet, PinStatus};
+use crate::proto::{
+    Ack, Answer, CloseReq, CloseRes, InitReq, InitRes, InviteRes, MsgReq, MsgRes, Online, Reason,
+    ServerMessage, StatusReq, StatusRes,
+};
 
 /// Incoming messages held at most (waiting for a session's members or a `/trust`);
 /// beyond this they are left unacknowledged for redelivery rather than kept in memory.
@@ -274,7 +287,7 @@ pub fn parse_command(line: &str) -> Result<Command<'_>, String> {
 struct Member {
     name: String,
     uid: u64,
-    answer: String,
+    accepted: bool,
     key: Option<String>,
 }
 
@@ -285,8 +298,85 @@ struct SessionView {
     members: Vec<Member>,
 }
 
-/// Parses a session status payload `OK\n<pending|live> <creator>\n<participant lines>`.
-/// Public for the fuzzer; the result's shape is private to the client.
+/// A status_res as the core acts on it: what it teaches and the lines `/status`
+/// prints (without the `status ` and sid prefix), or the reason it gives instead.
+enum StatusView {
+    /// For sid 0, the listing: a line per session.
+    Listing(Result<Vec<String>, Reason>),
+    /// For a session's sid: its members, then its state line and a line per
+    /// participant.
+    Session(Result<(SessionView, Vec<String>), Reason>),
+}
+
+impl StatusView {
+    /// A well-formed status for `sid`, as proto decoded it.
+    fn from_proto(sid: u64, status: StatusRes) -> StatusView {
+        let st = match status {
+            StatusRes::Listing(lines) => {
+                return StatusView::Listing(Ok(lines
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} {} {}",
+                            encoding::id_hex(l.sid),
+                            l.state.word(),
+                            l.creator
+                        )
+                    })
+                    .collect()))
+            }
+            StatusRes::Error(reason) if sid == 0 => return StatusView::Listing(Err(reason)),
+            StatusRes::Error(reason) => return StatusView::Session(Err(reason)),
+            StatusRes::Session(st) => st,
+        };
+        let mut lines = vec![format!("{} {}", st.state.word(), st.creator)];
+        let mut members = Vec::with_capacity(st.participants.len());
+        for p in st.participants {
+            lines.push(format!(
+                "{} {} {} {} {}",
+                p.name,
+                encoding::id_hex(p.uid),
+                p.answer.word(),
+                p.presence.word(),
+                p.acked
+            ));
+            members.push(Member {
+                name: p.name,
+                uid: p.uid,
+                accepted: p.answer == Answer::Accepted,
+                key: p.key,
+            });
+        }
+        let view = SessionView {
+            creator: st.creator,
+            members,
+        };
+        StatusView::Session(Ok((view, lines)))
+    }
+
+    /// A status proto refused, read as leniently as the client always read it, so
+    /// the user still sees (escaped) what a broken or hostile server said.
+    fn lenient(sid: u64, text: &str) -> StatusView {
+        if sid == 0 {
+            return StatusView::Listing(match text.strip_prefix("OK\n") {
+                Some(body) => Ok(body.lines().map(str::to_string).collect()),
+                None => Err(lenient_reason(text)),
+            });
+        }
+        StatusView::Session(parse_session_status(text).ok_or_else(|| lenient_reason(text)))
+    }
+}
+
+/// The reason in a reply proto refused: the text after any `error: `, as a
+/// [`Reason`] when it is one.
+fn lenient_reason(text: &str) -> Reason {
+    let text = text.trim_start_matches("error: ");
+    Reason::decode(text).unwrap_or_else(|_| Reason::Other(text.to_string()))
+}
+
+/// Whether the lenient reader used for a session status that proto refuses
+/// (`OK\n<state> <creator>\n` then lines of at least five fields) takes `payload`.
+/// Public for the fuzzer.
 pub fn check_session_status(payload: &str) -> bool {
     parse_session_status(payload).is_some()
 }
@@ -308,7 +398,7 @@ fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
         view.members.push(Member {
             name: f[0].to_string(),
             uid: encoding::parse_id(f[1])?,
-            answer: f[2].to_string(),
+            accepted: Answer::from_word(f[2]) == Some(Answer::Accepted),
             key: f.get(5).map(|k| k.to_string()),
         });
         raw.push(f[..5].join(" "));
@@ -490,7 +580,7 @@ impl Core {
     }
 
     fn request_status(&mut self, sid: u64, quiet: bool) {
-        if self.send(MsgType::StatusReq, sid, Vec::new()) {
+        if self.send(StatusReq::TYPE, sid, StatusReq.encode()) {
             let map = if quiet {
                 &mut self.status_quiet
             } else {
@@ -525,18 +615,22 @@ impl Core {
             Command::Nothing => {}
             Command::Quit => self.exit(Ok(())),
             Command::Init(names) => {
-                let payload = format!("{}\n{}\n", self.my_key_b64, names.join("\n"));
+                let payload = InitReq {
+                    key: self.my_key_b64.clone(),
+                    invitees: names.iter().map(|n| n.to_string()).collect(),
+                }
+                .encode();
                 if payload.len() > mtp::MAX_PAYLOAD_LEN {
                     self.emit("error init too many names for one request".into());
-                } else if self.send(MsgType::InitReq, 0, payload.into_bytes()) {
+                } else if self.send(InitReq::TYPE, 0, payload) {
                     self.inits += 1;
                 } else {
                     self.emit("error init not connected".into());
                 }
             }
             Command::Accept(sid) => {
-                let payload = format!("Accept\n{}", self.my_key_b64);
-                if !self.send(MsgType::InviteRes, sid, payload.into_bytes()) {
+                let payload = InviteRes::Accept(self.my_key_b64.clone()).encode();
+                if !self.send(InviteRes::TYPE, sid, payload) {
                     self.emit("error accept not connected".into());
                 } else {
                     self.request_status(sid, true);
@@ -544,7 +638,7 @@ impl Core {
                 self.invites.remove(&sid);
             }
             Command::Decline(sid) => {
-                if !self.send(MsgType::InviteRes, sid, b"Deny".to_vec()) {
+                if !self.send(InviteRes::TYPE, sid, InviteRes::Deny.encode()) {
                     self.emit("error decline not connected".into());
                 }
                 self.invites.remove(&sid);
@@ -560,14 +654,14 @@ impl Core {
                 self.flush_outgoing();
             }
             Command::Close(sid) => {
-                if self.send(MsgType::CloseReq, sid, Vec::new()) {
+                if self.send(CloseReq::TYPE, sid, CloseReq.encode()) {
                     *self.closes.entry(sid).or_default() += 1;
                 } else {
                     self.emit("error close not connected".into());
                 }
             }
             Command::Status(sid) => {
-                if !self.send(MsgType::StatusReq, sid, Vec::new()) {
+                if !self.send(StatusReq::TYPE, sid, StatusReq.encode()) {
                     self.emit("error status not connected".into());
                 } else {
                     *self.status_wanted.entry(sid).or_default() += 1;
@@ -679,7 +773,7 @@ impl Core {
             for member in view
                 .members
                 .iter()
-                .filter(|p| p.answer == "accepted" && p.uid != me && p.name != my_name)
+                .filter(|p| p.accepted && p.uid != me && p.name != my_name)
             {
                 if let Some(key) = member
                     .key
@@ -699,7 +793,8 @@ impl Core {
             let recipients: Vec<(u64, &RsaPublic)> = keys.iter().map(|(u, k)| (*u, k)).collect();
             match e2e::seal(m.sid, self.uid, &self.my_key, &recipients, &m.text) {
                 Ok(env) => {
-                    if self.send(MsgType::MsgReq, m.sid, env) {
+                    let payload = MsgReq { envelope: &env }.encode();
+                    if self.send(MsgReq::TYPE, m.sid, payload) {
                         self.msgs.entry(m.sid).or_default().push_back(());
                     } else {
                         self.emit(format!(
@@ -807,64 +902,62 @@ impl Core {
             *last = n;
             self.persist(Persist::Received(self.received.clone()));
         }
-        self.send(MsgType::MsgRes, sid, format!("OK {n}").into_bytes());
+        self.send(Ack::TYPE, sid, Ack { n }.encode());
     }
 
+    /// A frame from the server, decoded by [`ServerMessage::decode`]. One that breaks
+    /// the design's grammar is a broken or hostile server: [`Core::malformed`].
     fn frame(&mut self, h: Header, payload: Vec<u8>) {
-        let sid_hex = encoding::id_hex(h.sid);
-        let text = String::from_utf8_lossy(&payload).into_owned();
+        let message = match ServerMessage::decode(&h, &payload) {
+            Ok(m) => m,
+            Err(_) => return self.malformed(h, &payload),
+        };
+        match message {
+            ServerMessage::InitRes(InitRes::Ok) => self.init_res(h.sid, Ok(())),
+            ServerMessage::InitRes(InitRes::Error(r)) => self.init_res(h.sid, Err(r)),
+            ServerMessage::Invite => self.invite(h.sid),
+            ServerMessage::Delivery(d) => self.delivery(h.sid, h.uid, d.n, d.envelope),
+            ServerMessage::MsgRes(MsgRes::Ok(n)) => self.msg_res(h.sid, Ok(n.to_string())),
+            ServerMessage::MsgRes(MsgRes::Error(r)) => self.msg_res(h.sid, Err(r)),
+            ServerMessage::CloseNotice => self.closed(h.sid),
+            ServerMessage::CloseRes(CloseRes::Ok) => self.close_res(h.sid, Ok(())),
+            ServerMessage::CloseRes(CloseRes::Error(r)) => self.close_res(h.sid, Err(r)),
+            ServerMessage::Heartbeat => self.heartbeat(),
+            ServerMessage::Status(st) => self.status(h.sid, StatusView::from_proto(h.sid, st)),
+        }
+    }
+
+    /// A frame that proto refused. Each is still read the lenient way the client
+    /// always read it, and acted on as before, so the user sees (escaped) what the
+    /// server said; nothing in it is trusted more than in a well-formed frame (keys
+    /// are still pinned and checked, envelopes still verified), and a delivery is not
+    /// opened at all.
+    fn malformed(&mut self, h: Header, payload: &[u8]) {
+        let text = String::from_utf8_lossy(payload);
         match h.typ {
-            MsgType::InitRes => {
-                self.inits = self.inits.saturating_sub(1);
-                if text == "OK" {
-                    self.emit(format!("init {sid_hex} ok"));
-                } else {
-                    self.emit(format!(
-                        "error init {}",
-                        escape(text.trim_start_matches("error: "))
-                    ));
-                }
+            MsgType::InitRes if text == "OK" => self.init_res(h.sid, Ok(())),
+            MsgType::InitRes => self.init_res(h.sid, Err(lenient_reason(&text))),
+            MsgType::InviteReq => self.invite(h.sid),
+            MsgType::MsgReq => {
+                // Not acknowledged: nothing about it can be trusted, its number least.
+                self.emit(format!(
+                    "error msg {} malformed delivery",
+                    encoding::id_hex(h.sid)
+                ));
             }
-            MsgType::InviteReq => {
-                self.invites.insert(h.sid);
-                self.request_status(h.sid, true);
-            }
-            MsgType::MsgReq => self.delivery(h, &sid_hex, payload),
             MsgType::MsgRes => {
-                if let Some(q) = self.msgs.get_mut(&h.sid) {
-                    q.pop_front();
-                }
-                match text.strip_prefix("OK ") {
-                    Some(n) => self.emit(format!("sent {sid_hex} {}", escape(n))),
-                    None => self.emit(format!(
-                        "error msg {sid_hex} {}",
-                        escape(text.trim_start_matches("error: "))
-                    )),
-                }
+                let shown = match text.strip_prefix("OK ") {
+                    Some(n) => Ok(n.to_string()),
+                    None => Err(lenient_reason(&text)),
+                };
+                self.msg_res(h.sid, shown);
             }
-            MsgType::CloseReq => {
-                self.sessions.remove(&h.sid);
-                self.emit(format!("closed {sid_hex}"));
-            }
-            MsgType::CloseRes => {
-                if let Some(c) = self.closes.get_mut(&h.sid) {
-                    *c = c.saturating_sub(1);
-                }
-                if text == "OK" {
-                    self.sessions.remove(&h.sid);
-                    self.emit(format!("closed {sid_hex}"));
-                } else {
-                    self.emit(format!(
-                        "error close {sid_hex} {}",
-                        escape(text.trim_start_matches("error: "))
-                    ));
-                }
-            }
-            MsgType::StatusReq => {
-                // The server's heartbeat.
-                self.send(MsgType::StatusRes, 0, b"Online".to_vec());
-            }
-            MsgType::StatusRes => self.status(h.sid, &text),
+            MsgType::CloseReq => self.closed(h.sid),
+            MsgType::CloseRes if text == "OK" => self.close_res(h.sid, Ok(())),
+            MsgType::CloseRes => self.close_res(h.sid, Err(lenient_reason(&text))),
+            // Answered all the same, so the server does not drop the connection.
+            MsgType::StatusReq => self.heartbeat(),
+            MsgType::StatusRes => self.status(h.sid, StatusView::lenient(h.sid, &text)),
             MsgType::InitReq | MsgType::InviteRes => {
                 self.emit(format!(
                     "error server sent an unexpected message type {:04x}",
@@ -874,45 +967,93 @@ impl Core {
         }
     }
 
-    /// A delivered message: `n` (8 bytes) and the envelope.
-    fn delivery(&mut self, h: Header, sid_hex: &str, payload: Vec<u8>) {
-        let Some((n, envelope)) = payload.split_first_chunk::<8>() else {
-            self.emit(format!("error msg {sid_hex} malformed delivery"));
-            return;
-        };
-        let n = u64::from_be_bytes(*n);
-        if self.received.get(&h.sid).is_some_and(|&last| n <= last) {
+    fn init_res(&mut self, sid: u64, result: Result<(), Reason>) {
+        self.inits = self.inits.saturating_sub(1);
+        match result {
+            Ok(()) => self.emit(format!("init {} ok", encoding::id_hex(sid))),
+            Err(r) => self.emit(format!("error init {}", escape(&r.to_string()))),
+        }
+    }
+
+    fn invite(&mut self, sid: u64) {
+        self.invites.insert(sid);
+        self.request_status(sid, true);
+    }
+
+    /// The reply to a `/msg`: the number given, as text, or why not.
+    fn msg_res(&mut self, sid: u64, result: Result<String, Reason>) {
+        if let Some(q) = self.msgs.get_mut(&sid) {
+            q.pop_front();
+        }
+        let sid_hex = encoding::id_hex(sid);
+        match result {
+            Ok(n) => self.emit(format!("sent {sid_hex} {}", escape(&n))),
+            Err(r) => self.emit(format!("error msg {sid_hex} {}", escape(&r.to_string()))),
+        }
+    }
+
+    /// The creator closed the session.
+    fn closed(&mut self, sid: u64) {
+        self.sessions.remove(&sid);
+        self.emit(format!("closed {}", encoding::id_hex(sid)));
+    }
+
+    fn close_res(&mut self, sid: u64, result: Result<(), Reason>) {
+        if let Some(c) = self.closes.get_mut(&sid) {
+            *c = c.saturating_sub(1);
+        }
+        match result {
+            Ok(()) => self.closed(sid),
+            Err(r) => self.emit(format!(
+                "error close {} {}",
+                encoding::id_hex(sid),
+                escape(&r.to_string())
+            )),
+        }
+    }
+
+    /// The server's heartbeat: answered at once, never printed.
+    fn heartbeat(&mut self) {
+        self.send(Online::TYPE, 0, Online.encode());
+    }
+
+    /// A delivered message `n` of `sid` by `author`.
+    fn delivery(&mut self, sid: u64, author: u64, n: u64, envelope: &[u8]) {
+        if self.received.get(&sid).is_some_and(|&last| n <= last) {
             // A redelivery of something already shown: acknowledge it again.
-            self.send(MsgType::MsgRes, h.sid, format!("OK {n}").into_bytes());
+            self.send(Ack::TYPE, sid, Ack { n }.encode());
             return;
         }
-        if self.incoming.iter().any(|m| m.sid == h.sid && m.n == n) {
+        if self.incoming.iter().any(|m| m.sid == sid && m.n == n) {
             return;
         }
         if self.incoming.len() >= MAX_WAITING_MESSAGES {
             // Not acknowledged: the server keeps it and delivers it again.
             self.emit(format!(
-                "error msg {sid_hex} too many messages waiting; will retry at next login"
+                "error msg {} too many messages waiting; will retry at next login",
+                encoding::id_hex(sid)
             ));
             return;
         }
         self.incoming.push(IncomingMsg {
-            sid: h.sid,
-            author: h.uid,
+            sid,
+            author,
             n,
             envelope: envelope.to_vec(),
         });
         let known = self
             .sessions
-            .get(&h.sid)
-            .is_some_and(|s| s.members.iter().any(|p| p.uid == h.uid));
-        if !known && self.status_quiet.get(&h.sid).copied().unwrap_or(0) == 0 {
-            self.request_status(h.sid, true);
+            .get(&sid)
+            .is_some_and(|s| s.members.iter().any(|p| p.uid == author));
+        if !known && self.status_quiet.get(&sid).copied().unwrap_or(0) == 0 {
+            self.request_status(sid, true);
         }
         self.flush_incoming();
     }
 
-    fn status(&mut self, sid: u64, text: &str) {
+    /// A status_res: a reply to our status_req (printed if the user asked for it) or
+    /// a push; either way the session's current state.
+    fn status(&mut self, sid: u64, view: StatusView) {
         let sid_hex = encoding::id_hex(sid);
         let take = |m: &mut HashMap<u64, usize>| match m.get_mut(&sid) {
             Some(c) if *c > 0 => {
@@ -923,30 +1064,27 @@ impl Core {
         };
         let wanted = take(&mut self.status_wanted);
         let quiet = !wanted && take(&mut self.status_quiet);
-        if sid == 0 {
-            if let Some(body) = text.strip_prefix("OK\n") {
-                if wanted {
-                    let lines: Vec<String> = body
-                        .lines()
-                        .map(|l| format!("status {}", escape(l)))
-                        .collect();
-                    if lines.is_empty() {
-                        self.emit("status none".into());
+        let session = match view {
+            StatusView::Listing(listing) => {
+                match listing {
+                    Ok(lines) if wanted && lines.is_empty() => self.emit("status none".into()),
+                    Ok(lines) if wanted => {
+                        for l in lines {
+                            self.emit(format!("status {}", escape(&l)));
+                        }
                     }
-                    for l in lines {
-                        self.emit(l);
+                    Err(r) if wanted => {
+                        self.emit(format!("error status {}", escape(&r.to_string())))
                     }
+                    // Pushed, or an answer to a request whose reply was lost.
+                    _ => {}
                 }
-            } else if wanted {
-                self.emit(format!(
-                    "error status {}",
-                    escape(text.trim_start_matches("error: "))
-                ));
+                return;
             }
-            return;
-        }
-        match parse_session_status(text) {
-            Some((view, lines)) => {
+            StatusView::Session(session) => session,
+        };
+        match session {
+            Ok((view, lines)) => {
                 // Learn the members' keys (pinning on first use) as soon as they appear.
                 let members: Vec<(String, String)> = view
                     .members
@@ -954,12 +1092,13 @@ impl Core {
                     .filter(|m| m.uid != self.uid)
                     .filter_map(|m| m.key.clone().map(|k| (m.name.clone(), k)))
                     .collect();
-                self.sessions.insert(sid, view.clone());
+                let creator = view.creator.clone();
+                self.sessions.insert(sid, view);
                 for (name, key) in members {
                     let _ = self.usable_key(&name, &key);
                 }
                 if self.invites.remove(&sid) {
-                    self.emit(format!("invite {sid_hex} {}", escape(&view.creator)));
+                    self.emit(format!("invite {sid_hex} {}", escape(&creator)));
                 }
                 if wanted {
                     for l in lines {
@@ -967,15 +1106,17 @@ impl Core {
                     }
                 }
             }
-            None => {
-                let reason = text.trim_start_matches("error: ").to_string();
+            Err(reason) => {
                 if wanted {
-                    self.emit(format!("error status {sid_hex} {}", escape(&reason)));
+                    self.emit(format!(
+                        "error status {sid_hex} {}",
+                        escape(&reason.to_string())
+                    ));
                 }
                 if self.invites.remove(&sid) {
                     self.emit(format!("invite {sid_hex} ?"));
                 }
-                if quiet && reason == "session closed" {
+                if quiet && reason == Reason::SessionClosed {
                     self.sessions.remove(&sid);
                 }
             }
@@ -1397,6 +1538,77 @@ mod tests {
             show(c.handle(frame(MsgType::MsgReq, SID, "1234567"), 0)),
             ["error msg 5e55000000000001 malformed delivery"]
         );
+    }
+
+    #[test]
+    fn a_delivery_that_breaks_the_grammar_is_reported_and_not_acknowledged() {
+        let mut c = core();
+        let h = |uid| Header {
+            typ: MsgType::MsgReq,
+            len: 0,
+            sqn: 1,
+            sid: SID,
+            uid,
+        };
+        for (uid, payload) in [
+            (0x0a, 0u64.to_be_bytes().to_vec()), // number 0, no envelope
+            (0x0a, 7u64.to_be_bytes().to_vec()), // no envelope
+            (0, [&7u64.to_be_bytes()[..], b"env"].concat()), // no author
+        ] {
+            assert_eq!(
+                show(c.handle(Input::Frame(h(uid), payload), 0)),
+                ["error msg 5e55000000000001 malformed delivery"]
+            );
+        }
+    }
+
+    #[test]
+    fn a_well_formed_session_status_is_printed_as_the_server_wrote_it() {
+        let mut c = core();
+        let sid = encoding::id_hex(SID);
+        let key = c.my_key_b64.clone();
+        let status = format!(
+            "OK\nlive carol\ncarol {} accepted online 3 {key}\nbob 000000000000000b declined - 0\ndave 000000000000000d invited offline 0\n",
+            encoding::id_hex(ME)
+        );
+        c.handle(line(&format!("/status {sid}")), 0);
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusRes, SID, &status), 0)),
+            [
+                format!("status {sid} live carol"),
+                format!(
+                    "status {sid} carol {} accepted online 3",
+                    encoding::id_hex(ME)
+                ),
+                format!("status {sid} bob 000000000000000b declined - 0"),
+                format!("status {sid} dave 000000000000000d invited offline 0"),
+            ]
+        );
+        // A pushed error changes nothing; one the core asked for itself (to learn
+        // an unknown author) and that says the session is closed forgets it.
+        c.handle(frame(MsgType::StatusRes, SID, "error: session closed"), 0);
+        assert!(c.sessions.contains_key(&SID));
+        let h = Header {
+            typ: MsgType::MsgReq,
+            len: 0,
+            sqn: 1,
+            sid: SID,
+            uid: 0x0e,
+        };
+        let delivery = [&1u64.to_be_bytes()[..], b"env"].concat();
+        assert_eq!(
+            show(c.handle(Input::Frame(h, delivery), 0)),
+            [format!("> StatusReq {sid} ")]
+        );
+        assert_eq!(
+            show(c.handle(frame(MsgType::StatusRes, SID, "error: session closed"), 0)),
+            [
+                format!("error msg {sid} message from an unknown author"),
+                "persist Received".into(),
+                format!("> MsgRes {sid} OK 1"),
+            ]
+        );
+        assert!(!c.sessions.contains_key(&SID));
     }
 
     #[test]
