@@ -17,10 +17,11 @@
 //!   ([`e2e::v1`]) and the v2 pieces (envelopes, membership statement, sender-key
 //!   ratchet, session state bytes) the client integration will switch to.
 //! - [`client`]: `mpchat`: [`client::state`] is the client as a state machine (a line
-//!   or a frame in, lines to print, requests to send and files to persist out, in
-//!   order; no I/O), [`client::store`] its files, and `client` itself the shell of
-//!   threads, connection and stdin/stdout around it. A new client command is parsed
-//!   and handled in [`client::state`].
+//!   or a frame in, events to show, requests to send and files to persist out, in
+//!   order; no I/O), [`client::event`] what it tells the user and the script-mode line
+//!   of each, [`client::store`] its files, and `client` itself the shell of threads,
+//!   connection and stdin/stdout around it. A new client command is parsed and
+//!   handled in [`client::state`]; a new kind of event is added in [`client::event`].
 //!
 //! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
 //! (`mpchat`) is netcat-style. `bin/mpchatd.rs` and `bin/mpchat.rs` hold only

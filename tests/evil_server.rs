@@ -162,9 +162,11 @@ impl Rig {
                 Output::Send { typ, sid, payload } => {
                     self.sent.push_back((*typ, *sid, payload.clone()))
                 }
-                Output::Print(line) => {
-                    self.lines.push_back(line.clone());
-                    self.transcript.push(line.clone());
+                Output::Event(event) => {
+                    if let Some(line) = event.script_line() {
+                        self.lines.push_back(line.clone());
+                        self.transcript.push(line);
+                    }
                 }
                 Output::Persist(what) => {
                     if let Err(error) = self.store.write(what) {
@@ -892,7 +894,7 @@ fn kinds(outputs: &[Output]) -> Vec<String> {
                 id_hex(*sid),
                 String::from_utf8_lossy(payload)
             ),
-            Output::Print(line) => format!("print {line}"),
+            Output::Event(e) => format!("print {}", e.script_line().unwrap_or_default()),
             Output::Persist(Persist::Seen(_)) => "persist seen".into(),
             Output::Persist(Persist::Received(last)) => format!("persist received {last:?}"),
             Output::Persist(Persist::Pins(pins)) => format!("persist pins {}", pins.len()),

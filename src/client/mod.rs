@@ -14,6 +14,7 @@
 //! [`state`], how a file is laid out in [`store`], [`crate::pins`] and [`crate::e2e`].
 //! It never prints anything but the core's lines on stdout (diagnostics go to the log).
 
+pub mod event;
 pub mod state;
 pub mod store;
 
@@ -30,6 +31,7 @@ use crate::mtp::{self, Header, MsgType, ReadError};
 use state::{BadLine, Core, Input, Output};
 use store::Store;
 
+pub use event::{Event, Listed};
 pub use state::{check_session_status, escape, MAX_LINE_LEN, MAX_WAITING_MESSAGES};
 pub use store::RECEIVED_FILE;
 
@@ -200,7 +202,7 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), Cli
 }
 
 /// What the main loop reacts to.
-enum Event {
+enum Happening {
     /// From the stdin thread.
     Input(Input),
     /// From the current connection's reader thread: an opened frame.
@@ -215,26 +217,26 @@ fn spawn_reader(
     mut stream: TcpStream,
     mut receiver: mtp::Receiver,
     generation: u64,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Happening>,
 ) {
     std::thread::spawn(move || loop {
         let frame = match mtp::read_frame(&mut stream) {
             Ok(f) => f,
             Err(e) => {
-                let _ = tx.send(Event::Lost(generation, e.to_string()));
+                let _ = tx.send(Happening::Lost(generation, e.to_string()));
                 return;
             }
         };
         match receiver.open(&frame) {
             Ok((h, p)) => {
-                if tx.send(Event::Frame(h, p)).is_err() {
+                if tx.send(Happening::Frame(h, p)).is_err() {
                     return;
                 }
             }
             Err(e) => {
                 // MTP: a frame that fails a check closes the connection.
                 let _ = stream.shutdown(Shutdown::Both);
-                let _ = tx.send(Event::Lost(
+                let _ = tx.send(Happening::Lost(
                     generation,
                     format!("rejected a frame from the server: {e}"),
                 ));
@@ -301,11 +303,11 @@ fn read_line(input: &mut impl BufRead, max: usize) -> io::Result<LineRead> {
 
 /// Reads stdin lines for the core: each line whole, or one [`BadLine`] for a line that
 /// is too long or not UTF-8, then the end of input (a read error counts as the end).
-fn spawn_stdin(mut input: impl BufRead + Send + 'static, tx: mpsc::Sender<Event>) {
+fn spawn_stdin(mut input: impl BufRead + Send + 'static, tx: mpsc::Sender<Happening>) {
     std::thread::spawn(move || loop {
         let next = match read_line(&mut input, MAX_LINE_LEN) {
             Ok(LineRead::Eof) | Err(_) => {
-                let _ = tx.send(Event::Input(Input::EndOfInput));
+                let _ = tx.send(Happening::Input(Input::EndOfInput));
                 return;
             }
             Ok(LineRead::TooLong) => Input::BadLine(BadLine::TooLong),
@@ -319,7 +321,7 @@ fn spawn_stdin(mut input: impl BufRead + Send + 'static, tx: mpsc::Sender<Event>
                 Err(_) => Input::BadLine(BadLine::NotUtf8),
             },
         };
-        if tx.send(Event::Input(next)).is_err() {
+        if tx.send(Happening::Input(next)).is_err() {
             return;
         }
     });
@@ -348,9 +350,11 @@ impl<W: Write> Shell<W> {
         for output in outputs {
             match output {
                 Output::Send { typ, sid, payload } => self.send(typ, sid, &payload),
-                Output::Print(line) => {
-                    let _ = writeln!(self.out, "{line}");
-                    let _ = self.out.flush();
+                Output::Event(event) => {
+                    if let Some(line) = event.script_line() {
+                        let _ = writeln!(self.out, "{line}");
+                        let _ = self.out.flush();
+                    }
                 }
                 Output::Persist(what) => {
                     if let Err(error) = self.store.write(&what) {
@@ -429,17 +433,17 @@ pub fn run(
             return Ok(());
         };
         let input = match event {
-            Event::Input(input) => input,
-            Event::Frame(h, p) => {
+            Happening::Input(input) => input,
+            Happening::Frame(h, p) => {
                 backoff = RECONNECT_MIN;
                 Input::Frame(h, p)
             }
-            Event::Lost(g, why) if g == generation => {
+            Happening::Lost(g, why) if g == generation => {
                 shell.link = None;
                 Input::Lost(why)
             }
             // A connection already replaced.
-            Event::Lost(..) => continue,
+            Happening::Lost(..) => continue,
         };
         let lost = matches!(input, Input::Lost(_));
         if let Some(exit) = shell.feed(&mut core, input) {

@@ -4,13 +4,13 @@
 //! [`Core::handle`] takes one [`Input`] (a command line, an opened frame, the
 //! connection coming up or going down, the end of input, a failed write) and returns
 //! the [`Output`]s it causes. The shell ([`super`]) carries them out **in order**: send
-//! a request, print an event line, persist a state file, exit. Nothing here touches the
+//! a request, show an [`Event`], persist a state file, exit. Nothing here touches the
 //! network, the terminal or the disk, so a hostile server is a few lines of test
 //! (tests/evil_server.rs), and every rule runs the same in tests as in the binary.
 //!
 //! # Order is the crash-safety rule
 //!
-//! A received message gives, in this order: [`Output::Print`] of its `msg` line,
+//! A received message gives, in this order: [`Output::Event`] of its `msg` event,
 //! [`Output::Persist`] of its id ([`Persist::Seen`]) and of its number
 //! ([`Persist::Received`]), then [`Output::Send`] of its acknowledgement
 //! (`msg_res OK n`). The shell must finish each output before it starts the next:
@@ -42,12 +42,14 @@
 //! # What it must never do
 //!
 //! Read the clock (`now` is an argument), open a file or socket, spawn a thread, or
-//! print text from a peer or the server without [`escape`]: no peer may inject
-//! terminal sequences or fake an event line.
+//! format text for the user: it gives [`Event`]s, whose fields hold a peer's or the
+//! server's text as it came, and every renderer escapes them ([`escape`]), so no peer
+//! may inject terminal sequences or fake an event line.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 
+use super::event::{Event, Listed};
 use super::ClientError;
 use crate::crypto::{RsaPrivate, RsaPublic};
 use crate::e2e::v1::SeenWrite;
@@ -150,8 +152,9 @@ pub enum Output {
         /// The payload, before MTP sealing.
         payload: Vec<u8>,
     },
-    /// Print one event line on standard output (without its newline).
-    Print(String),
+    /// Tell the user something: one event line in script mode
+    /// ([`Event::script_line`]).
+    Event(Event),
     /// Write a state file durably before going on to the next output.
     Persist(Persist),
     /// Stop: `Ok` for exit status 0, else the failure.
@@ -232,8 +235,8 @@ pub enum Command<'a> {
     Quit,
 }
 
-/// Parses a command line. `Err` is the error line to print (usage, unknown command).
-pub fn parse_command(line: &str) -> Result<Command<'_>, String> {
+/// Parses a command line. `Err` is the error to show (usage, unknown command).
+pub fn parse_command(line: &str) -> Result<Command<'_>, Event> {
     let line = line.trim_end();
     if line.is_empty() {
         return Ok(Command::Nothing);
@@ -246,25 +249,28 @@ pub fn parse_command(line: &str) -> Result<Command<'_>, String> {
         "/init" => {
             let names: Vec<&str> = rest.split_whitespace().collect();
             if names.is_empty() {
-                return Err("error init usage: /init NAME...".into());
+                return Err(Event::error("init", "usage: /init NAME..."));
             }
             Ok(Command::Init(names))
         }
         "/accept" | "/decline" => match sid_arg(rest) {
             Some(sid) if cmd == "/accept" => Ok(Command::Accept(sid)),
             Some(sid) => Ok(Command::Decline(sid)),
-            None => Err(format!("error {name} usage: /{name} SID (16 hex digits)")),
+            None => Err(Event::error(
+                name,
+                format!("usage: /{name} SID (16 hex digits)"),
+            )),
         },
         "/msg" => {
             let (sid, text) = rest.split_once(' ').unwrap_or((rest, ""));
             match (sid_arg(sid), text.is_empty()) {
                 (Some(sid), false) => Ok(Command::Msg { sid, text }),
-                _ => Err("error msg usage: /msg SID TEXT".into()),
+                _ => Err(Event::error("msg", "usage: /msg SID TEXT")),
             }
         }
         "/close" => sid_arg(rest)
             .map(Command::Close)
-            .ok_or_else(|| "error close usage: /close SID".into()),
+            .ok_or_else(|| Event::error("close", "usage: /close SID")),
         "/status" => {
             let sid = if rest.trim().is_empty() {
                 Some(0)
@@ -272,12 +278,12 @@ pub fn parse_command(line: &str) -> Result<Command<'_>, String> {
                 sid_arg(rest)
             };
             sid.map(Command::Status)
-                .ok_or_else(|| "error status usage: /status [SID]".into())
+                .ok_or_else(|| Event::error("status", "usage: /status [SID]"))
         }
         "/trust" => Ok(Command::Trust(rest.trim())),
-        _ => Err(format!(
-            "error {} unknown command; use /init /accept /decline /msg /close /status /trust /quit",
-            escape(name)
+        _ => Err(Event::error(
+            name,
+            "unknown command; use /init /accept /decline /msg /close /status /trust /quit",
         )),
     }
 }
@@ -298,14 +304,14 @@ struct SessionView {
     members: Vec<Member>,
 }
 
-/// A status_res as the core acts on it: what it teaches and the lines `/status`
-/// prints (without the `status ` and sid prefix), or the reason it gives instead.
+/// A status_res as the core acts on it: what it teaches and the events `/status`
+/// shows, or the reason it gives instead.
 enum StatusView {
-    /// For sid 0, the listing: a line per session.
-    Listing(Result<Vec<String>, Reason>),
-    /// For a session's sid: its members, then its state line and a line per
-    /// participant.
-    Session(Result<(SessionView, Vec<String>), Reason>),
+    /// For sid 0, the listing: one entry per session.
+    Listing(Result<Vec<Listed>, Reason>),
+    /// For a session's sid: its members, then its state event
+    /// ([`Event::SessionStatus`]) and one [`Event::Participant`] per participant.
+    Session(Result<(SessionView, Vec<Event>), Reason>),
 }
 
 impl StatusView {
@@ -314,14 +320,11 @@ impl StatusView {
         let st = match status {
             StatusRes::Listing(lines) => {
                 return StatusView::Listing(Ok(lines
-                    .iter()
-                    .map(|l| {
-                        format!(
-                            "{} {} {}",
-                            encoding::id_hex(l.sid),
-                            l.state.word(),
-                            l.creator
-                        )
+                    .into_iter()
+                    .map(|l| Listed::Session {
+                        sid: l.sid,
+                        state: l.state.word().to_string(),
+                        creator: l.creator,
                     })
                     .collect()))
             }
@@ -329,17 +332,21 @@ impl StatusView {
             StatusRes::Error(reason) => return StatusView::Session(Err(reason)),
             StatusRes::Session(st) => st,
         };
-        let mut lines = vec![format!("{} {}", st.state.word(), st.creator)];
+        let mut lines = vec![Event::SessionStatus {
+            sid,
+            state: st.state.word().to_string(),
+            creator: st.creator.clone(),
+        }];
         let mut members = Vec::with_capacity(st.participants.len());
         for p in st.participants {
-            lines.push(format!(
-                "{} {} {} {} {}",
-                p.name,
-                encoding::id_hex(p.uid),
-                p.answer.word(),
-                p.presence.word(),
-                p.acked
-            ));
+            lines.push(Event::Participant {
+                sid,
+                name: p.name.clone(),
+                uid: p.uid,
+                answer: p.answer.word().to_string(),
+                presence: p.presence.word().to_string(),
+                acked: p.acked.to_string(),
+            });
             members.push(Member {
                 name: p.name,
                 uid: p.uid,
@@ -359,11 +366,14 @@ impl StatusView {
     fn lenient(sid: u64, text: &str) -> StatusView {
         if sid == 0 {
             return StatusView::Listing(match text.strip_prefix("OK\n") {
-                Some(body) => Ok(body.lines().map(str::to_string).collect()),
+                Some(body) => Ok(body
+                    .lines()
+                    .map(|l| Listed::Unparsed(l.to_string()))
+                    .collect()),
                 None => Err(lenient_reason(text)),
             });
         }
-        StatusView::Session(parse_session_status(text).ok_or_else(|| lenient_reason(text)))
+        StatusView::Session(parse_session_status(sid, text).ok_or_else(|| lenient_reason(text)))
     }
 }
 
@@ -378,10 +388,10 @@ fn lenient_reason(text: &str) -> Reason {
 /// (`OK\n<state> <creator>\n` then lines of at least five fields) takes `payload`.
 /// Public for the fuzzer.
 pub fn check_session_status(payload: &str) -> bool {
-    parse_session_status(payload).is_some()
+    parse_session_status(1, payload).is_some()
 }
 
-fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
+fn parse_session_status(sid: u64, payload: &str) -> Option<(SessionView, Vec<Event>)> {
     let body = payload.strip_prefix("OK\n")?;
     let mut lines = body.lines();
     let (state, creator) = lines.next()?.split_once(' ')?;
@@ -389,19 +399,31 @@ fn parse_session_status(payload: &str) -> Option<(SessionView, Vec<String>)> {
         creator: creator.to_string(),
         members: Vec::new(),
     };
-    let mut raw = vec![format!("{state} {creator}")];
+    let mut raw = vec![Event::SessionStatus {
+        sid,
+        state: state.to_string(),
+        creator: creator.to_string(),
+    }];
     for line in lines {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() < 5 {
             return None;
         }
+        let uid = encoding::parse_id(f[1])?;
         view.members.push(Member {
             name: f[0].to_string(),
-            uid: encoding::parse_id(f[1])?,
+            uid,
             accepted: Answer::from_word(f[2]) == Some(Answer::Accepted),
             key: f.get(5).map(|k| k.to_string()),
         });
-        raw.push(f[..5].join(" "));
+        raw.push(Event::Participant {
+            sid,
+            name: f[0].to_string(),
+            uid,
+            answer: f[2].to_string(),
+            presence: f[3].to_string(),
+            acked: f[4].to_string(),
+        });
     }
     Some((view, raw))
 }
@@ -515,18 +537,19 @@ impl Core {
         self.now = now;
         match input {
             Input::Line(line) => self.command(&line),
-            Input::BadLine(BadLine::TooLong) => self.emit(format!(
-                "error input line longer than {MAX_LINE_LEN} bytes; discarded"
+            Input::BadLine(BadLine::TooLong) => self.emit(Event::error(
+                "input",
+                format!("line longer than {MAX_LINE_LEN} bytes; discarded"),
             )),
             Input::BadLine(BadLine::NotUtf8) => {
-                self.emit("error input line is not UTF-8; discarded".into())
+                self.emit(Event::error("input", "line is not UTF-8; discarded"))
             }
             Input::EndOfInput => self.input_done = true,
             Input::Connected { uid } => {
                 self.uid = uid;
                 self.connected = true;
                 if self.was_connected {
-                    self.emit("connected".into());
+                    self.emit(Event::Connected);
                 }
                 self.was_connected = true;
             }
@@ -537,7 +560,7 @@ impl Core {
                 if self.input_done {
                     self.exit(Err(ClientError::Server(format!("connection lost: {why}"))));
                 } else {
-                    self.emit(format!("error connection {}; reconnecting", escape(&why)));
+                    self.emit(Event::Reconnecting { reason: why });
                 }
             }
             Input::PersistFailed { file, error } => self.persist_failed(file, &error),
@@ -557,8 +580,8 @@ impl Core {
             + self.outgoing.len()
     }
 
-    fn emit(&mut self, line: String) {
-        self.out.push(Output::Print(line));
+    fn emit(&mut self, event: Event) {
+        self.out.push(Output::Event(event));
     }
 
     fn exit(&mut self, result: Result<(), ClientError>) {
@@ -591,18 +614,19 @@ impl Core {
     }
 
     fn persist_failed(&mut self, file: StateFile, error: &str) {
-        let error = escape(error);
         match file {
             StateFile::Seen => {
                 self.guard.mark_unsaved();
-                self.emit(format!(
-                    "error msg cannot record the message as seen: {error}"
+                self.emit(Event::error(
+                    "msg",
+                    format!("cannot record the message as seen: {error}"),
                 ));
             }
-            StateFile::Received => self.emit(format!(
-                "error msg cannot record the message as received: {error}"
+            StateFile::Received => self.emit(Event::error(
+                "msg",
+                format!("cannot record the message as received: {error}"),
             )),
-            StateFile::Pins => self.emit(format!("error key {error}")),
+            StateFile::Pins => self.emit(Event::error("key", error)),
         }
     }
 
@@ -621,17 +645,17 @@ impl Core {
                 }
                 .encode();
                 if payload.len() > mtp::MAX_PAYLOAD_LEN {
-                    self.emit("error init too many names for one request".into());
+                    self.emit(Event::error("init", "too many names for one request"));
                 } else if self.send(InitReq::TYPE, 0, payload) {
                     self.inits += 1;
                 } else {
-                    self.emit("error init not connected".into());
+                    self.emit(Event::error("init", "not connected"));
                 }
             }
             Command::Accept(sid) => {
                 let payload = InviteRes::Accept(self.my_key_b64.clone()).encode();
                 if !self.send(InviteRes::TYPE, sid, payload) {
-                    self.emit("error accept not connected".into());
+                    self.emit(Event::error("accept", "not connected"));
                 } else {
                     self.request_status(sid, true);
                 }
@@ -639,7 +663,7 @@ impl Core {
             }
             Command::Decline(sid) => {
                 if !self.send(InviteRes::TYPE, sid, InviteRes::Deny.encode()) {
-                    self.emit("error decline not connected".into());
+                    self.emit(Event::error("decline", "not connected"));
                 }
                 self.invites.remove(&sid);
             }
@@ -657,12 +681,12 @@ impl Core {
                 if self.send(CloseReq::TYPE, sid, CloseReq.encode()) {
                     *self.closes.entry(sid).or_default() += 1;
                 } else {
-                    self.emit("error close not connected".into());
+                    self.emit(Event::error("close", "not connected"));
                 }
             }
             Command::Status(sid) => {
                 if !self.send(StatusReq::TYPE, sid, StatusReq.encode()) {
-                    self.emit("error status not connected".into());
+                    self.emit(Event::error("status", "not connected"));
                 } else {
                     *self.status_wanted.entry(sid).or_default() += 1;
                 }
@@ -674,14 +698,17 @@ impl Core {
                         Ok(_) => {
                             self.persist(Persist::Pins(self.pins.clone()));
                             self.warned.retain(|(n, _)| n != who);
-                            self.emit(format!("trusted {} {}", who, key.fingerprint()));
+                            self.emit(Event::Trusted {
+                                name: who.to_string(),
+                                fingerprint: key.fingerprint(),
+                            });
                             self.flush_incoming();
                         }
-                        Err(e) => self.emit(format!("error trust {}", escape(&e.to_string()))),
+                        Err(e) => self.emit(Event::error("trust", e.to_string())),
                     },
-                    None => self.emit(format!(
-                        "error trust no changed key to trust for {}",
-                        escape(who)
+                    None => self.emit(Event::error(
+                        "trust",
+                        format!("no changed key to trust for {who}"),
                     )),
                 }
             }
@@ -703,20 +730,20 @@ impl Core {
                 return Ok(key);
             }
             if self.warned.insert((name.to_string(), key.fingerprint())) {
-                self.emit(format!(
-                    "error key the server lists a key that is not yours under your name {}",
-                    escape(name)
+                self.emit(Event::error(
+                    "key",
+                    format!("the server lists a key that is not yours under your name {name}"),
                 ));
             }
             return Err(false);
         }
         // A key belongs to one name: the server cannot relabel a known key.
         if let Some(owner) = self.pins.name_of(&key).filter(|owner| *owner != name) {
-            let owner = escape(owner);
+            let owner = owner.to_string();
             if self.warned.insert((name.to_string(), key.fingerprint())) {
-                self.emit(format!(
-                    "error key the server offers the key of {owner} under the name {}",
-                    escape(name)
+                self.emit(Event::error(
+                    "key",
+                    format!("the server offers the key of {owner} under the name {name}"),
                 ));
             }
             return Err(false);
@@ -736,17 +763,16 @@ impl Core {
                     .warned
                     .insert((name.to_string(), new_fingerprint.clone()))
                 {
-                    self.emit(format!(
-                        "key-changed {} {} {}",
-                        escape(name),
-                        old_fingerprint,
-                        new_fingerprint
-                    ));
+                    self.emit(Event::KeyChanged {
+                        name: name.to_string(),
+                        old: old_fingerprint,
+                        new: new_fingerprint,
+                    });
                 }
                 Err(true)
             }
             Err(e) => {
-                self.emit(format!("error key {}", escape(&e.to_string())));
+                self.emit(Event::error("key", e.to_string()));
                 Err(false)
             }
         }
@@ -760,10 +786,7 @@ impl Core {
                 if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
                     self.outgoing.push(m);
                 } else {
-                    self.emit(format!(
-                        "error msg {} not a participant",
-                        encoding::id_hex(m.sid)
-                    ));
+                    self.emit(Event::sid_error("msg", m.sid, "not a participant"));
                 }
                 continue;
             };
@@ -784,10 +807,7 @@ impl Core {
                 }
             }
             if keys.is_empty() {
-                self.emit(format!(
-                    "error msg {} nobody to encrypt to yet",
-                    encoding::id_hex(m.sid)
-                ));
+                self.emit(Event::sid_error("msg", m.sid, "nobody to encrypt to yet"));
                 continue;
             }
             let recipients: Vec<(u64, &RsaPublic)> = keys.iter().map(|(u, k)| (*u, k)).collect();
@@ -797,13 +817,10 @@ impl Core {
                     if self.send(MsgReq::TYPE, m.sid, payload) {
                         self.msgs.entry(m.sid).or_default().push_back(());
                     } else {
-                        self.emit(format!(
-                            "error msg {} not connected",
-                            encoding::id_hex(m.sid)
-                        ));
+                        self.emit(Event::sid_error("msg", m.sid, "not connected"));
                     }
                 }
-                Err(e) => self.emit(format!("error msg {} {}", encoding::id_hex(m.sid), e)),
+                Err(e) => self.emit(Event::sid_error("msg", m.sid, e.to_string())),
             }
         }
     }
@@ -825,14 +842,15 @@ impl Core {
                 .get(&m.sid)
                 .and_then(|s| s.members.iter().find(|p| p.uid == m.author))
                 .cloned();
-            let sid_hex = encoding::id_hex(m.sid);
             let Some(author) = author else {
                 if self.status_quiet.get(&m.sid).copied().unwrap_or(0) > 0 {
                     blocked.insert(m.sid);
                     self.incoming.push(m);
                 } else {
-                    self.emit(format!(
-                        "error msg {sid_hex} message from an unknown author"
+                    self.emit(Event::sid_error(
+                        "msg",
+                        m.sid,
+                        "message from an unknown author",
                     ));
                     self.done_with(m.sid, m.n);
                 }
@@ -846,19 +864,21 @@ impl Core {
                 Some(Ok(key)) => self.open_message(m, &author, &key),
                 Some(Err(true)) => {
                     if self.held.insert((m.sid, m.n)) {
-                        self.emit(format!(
-                            "error msg {sid_hex} message from {} held until /trust {}",
-                            escape(&author.name),
-                            escape(&author.name)
+                        let name = &author.name;
+                        self.emit(Event::sid_error(
+                            "msg",
+                            m.sid,
+                            format!("message from {name} held until /trust {name}"),
                         ));
                     }
                     blocked.insert(m.sid);
                     self.incoming.push(m);
                 }
                 _ => {
-                    self.emit(format!(
-                        "error msg {sid_hex} no usable key for {}",
-                        escape(&author.name)
+                    self.emit(Event::sid_error(
+                        "msg",
+                        m.sid,
+                        format!("no usable key for {}", author.name),
                     ));
                     self.done_with(m.sid, m.n);
                 }
@@ -869,27 +889,29 @@ impl Core {
     /// Opens one message and shows it (or why not), then records and acknowledges it:
     /// print, persist, ack, in that order (see the module documentation).
     fn open_message(&mut self, m: IncomingMsg, author: &Member, key: &RsaPublic) {
-        let sid_hex = encoding::id_hex(m.sid);
         match e2e::open(m.sid, m.author, key, self.uid, &self.my_key, &m.envelope) {
             Ok(opened) => {
                 if !self.guard.contains(m.sid, m.author, &opened.msg_id) {
-                    self.emit(format!(
-                        "msg {sid_hex} {} {}",
-                        escape(&author.name),
-                        escape(&opened.text)
-                    ));
+                    self.emit(Event::Msg {
+                        sid: m.sid,
+                        from: author.name.clone(),
+                        text: opened.text.clone(),
+                        sent_ms: None,
+                    });
                     let write = self.guard.record(m.sid, m.author, opened.msg_id);
                     self.persist(Persist::Seen(write));
                 } else {
-                    self.emit(format!(
-                        "error msg {sid_hex} replayed message from {}",
-                        escape(&author.name)
+                    self.emit(Event::sid_error(
+                        "msg",
+                        m.sid,
+                        format!("replayed message from {}", author.name),
                     ));
                 }
             }
-            Err(e) => self.emit(format!(
-                "error msg {sid_hex} {e} (from {})",
-                escape(&author.name)
+            Err(e) => self.emit(Event::sid_error(
+                "msg",
+                m.sid,
+                format!("{e} (from {})", author.name),
             )),
         }
         self.done_with(m.sid, m.n);
@@ -940,10 +962,7 @@ impl Core {
             MsgType::InviteReq => self.invite(h.sid),
             MsgType::MsgReq => {
                 // Not acknowledged: nothing about it can be trusted, its number least.
-                self.emit(format!(
-                    "error msg {} malformed delivery",
-                    encoding::id_hex(h.sid)
-                ));
+                self.emit(Event::sid_error("msg", h.sid, "malformed delivery"));
             }
             MsgType::MsgRes => {
                 let shown = match text.strip_prefix("OK ") {
@@ -959,9 +978,9 @@ impl Core {
             MsgType::StatusReq => self.heartbeat(),
             MsgType::StatusRes => self.status(h.sid, StatusView::lenient(h.sid, &text)),
             MsgType::InitReq | MsgType::InviteRes => {
-                self.emit(format!(
-                    "error server sent an unexpected message type {:04x}",
-                    h.typ.code()
+                self.emit(Event::error(
+                    "server",
+                    format!("sent an unexpected message type {:04x}", h.typ.code()),
                 ));
             }
         }
@@ -970,8 +989,8 @@ impl Core {
     fn init_res(&mut self, sid: u64, result: Result<(), Reason>) {
         self.inits = self.inits.saturating_sub(1);
         match result {
-            Ok(()) => self.emit(format!("init {} ok", encoding::id_hex(sid))),
-            Err(r) => self.emit(format!("error init {}", escape(&r.to_string()))),
+            Ok(()) => self.emit(Event::Init { sid }),
+            Err(r) => self.emit(Event::error("init", r.to_string())),
         }
     }
 
@@ -985,17 +1004,16 @@ impl Core {
         if let Some(q) = self.msgs.get_mut(&sid) {
             q.pop_front();
         }
-        let sid_hex = encoding::id_hex(sid);
         match result {
-            Ok(n) => self.emit(format!("sent {sid_hex} {}", escape(&n))),
-            Err(r) => self.emit(format!("error msg {sid_hex} {}", escape(&r.to_string()))),
+            Ok(n) => self.emit(Event::Sent { sid, n }),
+            Err(r) => self.emit(Event::sid_error("msg", sid, r.to_string())),
         }
     }
 
     /// The creator closed the session.
     fn closed(&mut self, sid: u64) {
         self.sessions.remove(&sid);
-        self.emit(format!("closed {}", encoding::id_hex(sid)));
+        self.emit(Event::Closed { sid });
     }
 
     fn close_res(&mut self, sid: u64, result: Result<(), Reason>) {
@@ -1004,11 +1022,7 @@ impl Core {
         }
         match result {
             Ok(()) => self.closed(sid),
-            Err(r) => self.emit(format!(
-                "error close {} {}",
-                encoding::id_hex(sid),
-                escape(&r.to_string())
-            )),
+            Err(r) => self.emit(Event::sid_error("close", sid, r.to_string())),
         }
     }
 
@@ -1029,9 +1043,10 @@ impl Core {
         }
         if self.incoming.len() >= MAX_WAITING_MESSAGES {
             // Not acknowledged: the server keeps it and delivers it again.
-            self.emit(format!(
-                "error msg {} too many messages waiting; will retry at next login",
-                encoding::id_hex(sid)
+            self.emit(Event::sid_error(
+                "msg",
+                sid,
+                "too many messages waiting; will retry at next login",
             ));
             return;
         }
@@ -1054,7 +1069,6 @@ impl Core {
     /// A status_res: a reply to our status_req (printed if the user asked for it) or
     /// a push; either way the session's current state.
     fn status(&mut self, sid: u64, view: StatusView) {
-        let sid_hex = encoding::id_hex(sid);
         let take = |m: &mut HashMap<u64, usize>| match m.get_mut(&sid) {
             Some(c) if *c > 0 => {
                 *c -= 1;
@@ -1067,15 +1081,13 @@ impl Core {
         let session = match view {
             StatusView::Listing(listing) => {
                 match listing {
-                    Ok(lines) if wanted && lines.is_empty() => self.emit("status none".into()),
+                    Ok(lines) if wanted && lines.is_empty() => self.emit(Event::StatusNone),
                     Ok(lines) if wanted => {
                         for l in lines {
-                            self.emit(format!("status {}", escape(&l)));
+                            self.emit(Event::Listed(l));
                         }
                     }
-                    Err(r) if wanted => {
-                        self.emit(format!("error status {}", escape(&r.to_string())))
-                    }
+                    Err(r) if wanted => self.emit(Event::error("status", r.to_string())),
                     // Pushed, or an answer to a request whose reply was lost.
                     _ => {}
                 }
@@ -1098,23 +1110,23 @@ impl Core {
                     let _ = self.usable_key(&name, &key);
                 }
                 if self.invites.remove(&sid) {
-                    self.emit(format!("invite {sid_hex} {}", escape(&creator)));
+                    self.emit(Event::Invite {
+                        sid,
+                        from: Some(creator),
+                    });
                 }
                 if wanted {
                     for l in lines {
-                        self.emit(format!("status {sid_hex} {}", escape(&l)));
+                        self.emit(l);
                     }
                 }
             }
             Err(reason) => {
                 if wanted {
-                    self.emit(format!(
-                        "error status {sid_hex} {}",
-                        escape(&reason.to_string())
-                    ));
+                    self.emit(Event::sid_error("status", sid, reason.to_string()));
                 }
                 if self.invites.remove(&sid) {
-                    self.emit(format!("invite {sid_hex} ?"));
+                    self.emit(Event::Invite { sid, from: None });
                 }
                 if quiet && reason == Reason::SessionClosed {
                     self.sessions.remove(&sid);
@@ -1134,15 +1146,13 @@ impl Core {
         self.status_wanted.clear();
         self.status_quiet.clear();
         if lost > 0 {
-            self.emit(format!(
-                "error connection lost with {lost} request(s) unanswered"
+            self.emit(Event::error(
+                "connection",
+                format!("lost with {lost} request(s) unanswered"),
             ));
         }
         for m in std::mem::take(&mut self.outgoing) {
-            self.emit(format!(
-                "error msg {} not sent: connection lost",
-                encoding::id_hex(m.sid)
-            ));
+            self.emit(Event::sid_error("msg", m.sid, "not sent: connection lost"));
         }
         self.incoming.clear();
     }
@@ -1190,8 +1200,8 @@ mod tests {
         Input::Line(text.into())
     }
 
-    /// The outputs as short strings: `> TYPE SID PAYLOAD` for a request, the line for
-    /// a print, `persist FILE`, `exit RESULT`.
+    /// The outputs as short strings: `> TYPE SID PAYLOAD` for a request, the script
+    /// line of an event, `persist FILE`, `exit RESULT`.
     fn show(outputs: Vec<Output>) -> Vec<String> {
         outputs
             .into_iter()
@@ -1201,7 +1211,7 @@ mod tests {
                     encoding::id_hex(sid),
                     String::from_utf8_lossy(&payload)
                 ),
-                Output::Print(l) => l,
+                Output::Event(e) => e.script_line().unwrap_or_else(|| format!("hidden {e:?}")),
                 Output::Persist(p) => format!("persist {:?}", p.file()),
                 Output::Exit(r) => format!("exit {r:?}"),
             })
@@ -1222,6 +1232,7 @@ mod tests {
     #[test]
     fn session_status_parses_members_and_keys() {
         let (view, lines) = parse_session_status(
+            SID,
             "OK\nlive alice\nalice 000000000000000a accepted online 0 KEYA\nbob 000000000000000b invited offline 0\n",
         )
         .unwrap();
@@ -1229,8 +1240,11 @@ mod tests {
         assert_eq!(view.members.len(), 2);
         assert_eq!(view.members[0].key.as_deref(), Some("KEYA"));
         assert_eq!(view.members[1].key, None);
-        assert_eq!(lines[1], "alice 000000000000000a accepted online 0");
-        assert!(parse_session_status("error: not a participant").is_none());
+        assert_eq!(
+            lines[1].script_line().unwrap(),
+            "status 5e55000000000001 alice 000000000000000a accepted online 0"
+        );
+        assert!(parse_session_status(SID, "error: not a participant").is_none());
     }
 
     #[test]
@@ -1271,6 +1285,11 @@ mod tests {
         );
     }
 
+    /// The error line a command line that does not parse gives.
+    fn parse_error(input: &str) -> String {
+        parse_command(input).unwrap_err().script_line().unwrap()
+    }
+
     #[test]
     fn malformed_commands_get_a_usage_line_naming_the_command() {
         for (input, error) in [
@@ -1290,15 +1309,13 @@ mod tests {
             ("/close", "error close usage: /close SID"),
             ("/status x", "error status usage: /status [SID]"),
         ] {
-            assert_eq!(parse_command(input), Err(error.to_string()), "{input:?}");
+            assert_eq!(parse_error(input), error, "{input:?}");
         }
         assert_eq!(
-            parse_command("/bogus\x1b[2J x"),
-            Err("error bogus\\x1b[2J unknown command; use /init /accept /decline /msg /close /status /trust /quit".into())
+            parse_error("/bogus\x1b[2J x"),
+            "error bogus\\x1b[2J unknown command; use /init /accept /decline /msg /close /status /trust /quit"
         );
-        assert!(parse_command("hello")
-            .unwrap_err()
-            .starts_with("error hello unknown command;"));
+        assert!(parse_error("hello").starts_with("error hello unknown command;"));
     }
 
     #[test]
