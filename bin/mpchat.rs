@@ -1,7 +1,7 @@
 //! `mpchat`: the netcat-style mpchat client, and `mpchat keygen`.
 //! Argument parsing, logging set-up and exit codes only; the work is in the library.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,16 +11,20 @@ use mpchat::{crypto, pins};
 
 const USAGE: &str = "\
 usage: mpchat --server HOST[:PORT] --server-key FILE --user NAME
-              [--password-file FILE] [--config-dir DIR]
+              [--password-file FILE] [--config-dir DIR] [--interactive | --script]
        mpchat keygen [--config-dir DIR] [--bits N]
        mpchat --help | --version
 
-Commands on standard input, one per line:
-  /init NAME...   /accept SID   /decline SID   /msg SID TEXT
-  /close SID      /status [SID] /trust NAME    /quit
-Events on standard output, one per line:
+At a terminal mpchat is interactive (an input line, history, short session names,
+a current session for plain lines; /help lists the commands); with pipes, or with
+--script, it reads commands and writes events one per line.
+Commands, one per line (SID: an id, a unique prefix of one, or a session name):
+  /init NAME...   /accept SID   /decline SID   /msg SID TEXT   /join SID
+  /name SID [NAME] /close SID   /status [SID]  /trust NAME     /help   /quit
+Events on standard output in script mode, one per line:
   init SID ok | invite SID FROM | msg SID FROM TEXT | sent SID N | closed SID
   status ... | error COMMAND REASON | key-changed NAME OLD_FP NEW_FP | trusted NAME FP
+  joined SID | named SID [NAME] | help TEXT
 The config directory defaults to $MPCHAT_CONFIG_DIR, $XDG_CONFIG_HOME/mpchat or
 ~/.config/mpchat. See mpchat(1).";
 
@@ -48,11 +52,12 @@ fn run() -> Result<(), Failure> {
             "--password-file",
             "--config-dir",
         ],
-        &["--help", "--version"],
+        &["--help", "--version", "--interactive", "--script"],
     )
     .map_err(usage)?;
     let (mut server, mut server_key, mut user, mut password_file, mut config_dir) =
         (None, None, None, None, None);
+    let mut mode = None;
     for arg in parsed {
         match arg {
             Arg::Pos(x) => {
@@ -75,6 +80,14 @@ fn run() -> Result<(), Failure> {
                     "--server-key" => server_key = Some(PathBuf::from(v)),
                     "--user" => user = Some(v),
                     "--password-file" => password_file = Some(PathBuf::from(v)),
+                    "--interactive" | "--script" => {
+                        if mode.is_some_and(|m| m != name) {
+                            return Err(Failure::Usage(
+                                "mpchat: --interactive and --script exclude each other; see mpchat --help".into(),
+                            ));
+                        }
+                        mode = Some(name);
+                    }
                     _ => config_dir = Some(PathBuf::from(v)),
                 }
             }
@@ -96,6 +109,20 @@ fn run() -> Result<(), Failure> {
             server_key_path.display()
         ))
     })?;
+    if server_key.size() != crypto::SERVER_KEY_BITS / 8 {
+        // A user's key.pub (3072 bits by default) is the likely mix-up.
+        return Err(Failure::Runtime(format!(
+            "{} holds a {}-bit RSA key, but a server key is RSA-{}: is it a user's key.pub? Pass server.pub from the server's state directory (ask its operator)",
+            server_key_path.display(),
+            server_key.size() * 8,
+            crypto::SERVER_KEY_BITS
+        )));
+    }
+    let interactive = match mode.as_deref() {
+        Some("--interactive") => true,
+        Some(_) => false,
+        None => io::stdin().is_terminal() && io::stdout().is_terminal(),
+    };
     let config_dir = config_dir.unwrap_or_else(pins::default_config_dir);
     let password = match password_file {
         Some(p) => client::read_password_file(&p).map_err(|e| {
@@ -103,11 +130,14 @@ fn run() -> Result<(), Failure> {
                 "{e}; give --password-file a file whose first line is the password"
             ))
         })?,
-        None => cli::prompt_password(&format!("Password for {user}: ")).map_err(|e| {
-            Failure::Runtime(format!(
-                "cannot prompt for a password ({e}); use --password-file FILE"
-            ))
-        })?,
+        None => {
+            cli::prompt_password(&format!("Password for {user}: ")).map_err(|e| match e.kind() {
+                io::ErrorKind::Interrupted => Failure::Interrupted,
+                _ => Failure::Runtime(format!(
+                    "cannot prompt for a password ({e}); use --password-file FILE"
+                )),
+            })?
+        }
     };
     let config = Config {
         server: client::with_default_port(&server),
@@ -115,8 +145,13 @@ fn run() -> Result<(), Failure> {
         user,
         config_dir,
     };
-    let stdin = io::BufReader::new(io::stdin());
-    client::run(config, &password, stdin, io::stdout()).map_err(|e| Failure::Runtime(e.to_string()))
+    let result = if interactive {
+        client::run_interactive(config, &password)
+    } else {
+        let stdin = io::BufReader::new(io::stdin());
+        client::run(config, &password, stdin, io::stdout())
+    };
+    result.map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 fn keygen(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {

@@ -196,10 +196,11 @@ fn admin(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             });
         }
         let prompt = |p: &str| {
-            cli::prompt_password(p).map_err(|e| {
-                Failure::Runtime(format!(
+            cli::prompt_password(p).map_err(|e| match e.kind() {
+                io::ErrorKind::Interrupted => Failure::Interrupted,
+                _ => Failure::Runtime(format!(
                     "cannot prompt for a password ({e}); pass --password-stdin and pipe it in"
-                ))
+                )),
             })
         };
         // Twice, as passwd(1) does: a typo nobody saw would lock the user out.

@@ -1,13 +1,14 @@
 //! Small command-line helpers shared by the binaries: a strict option parser (no
 //! abbreviations, `--flag VALUE` or `--flag=VALUE`), typed values with messages that
-//! say what to do, and reading a password: from the terminal without echo, or one
-//! line from a pipe or file (`--password-stdin`, `--password-file`).
+//! say what to do, and reading a password: from the terminal without echo
+//! ([`crate::terminal`]), or one line from a pipe or file (`--password-stdin`,
+//! `--password-file`).
 //!
 //! It must never put a password in an error message, and never echo one.
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::time::Duration;
 
 use crate::login::MAX_PASSWORD_LEN;
@@ -16,6 +17,9 @@ use crate::login::MAX_PASSWORD_LEN;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status for a runtime failure.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit status after Ctrl-C at a password prompt: 128 + SIGINT, what a shell reports
+/// for a command that Ctrl-C stopped.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// A mistake in the command line: an unknown option, a missing or malformed value,
 /// the wrong number of arguments. The user who typed it is at fault (never the
@@ -42,6 +46,9 @@ pub enum Failure {
     /// Something went wrong while running and the program's log already says what
     /// (a server that stops while serving): exit 1 with no further message.
     Logged,
+    /// The user cancelled with Ctrl-C (at a password prompt): exit
+    /// [`EXIT_INTERRUPTED`], as a shell reports a command that Ctrl-C stopped.
+    Interrupted,
 }
 
 impl From<UsageError> for Failure {
@@ -64,6 +71,7 @@ pub fn exit_status(program: &str, result: Result<(), Failure>) -> std::process::
             ExitCode::from(EXIT_FAILURE)
         }
         Err(Failure::Logged) => ExitCode::from(EXIT_FAILURE),
+        Err(Failure::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
     }
 }
 
@@ -155,32 +163,13 @@ pub fn seconds(program: &str, name: &str, value: &str) -> Result<Duration, Usage
     number::<u64>(program, name, value).map(Duration::from_secs)
 }
 
-/// Prompts on the terminal and reads a password with echo turned off (through
-/// `stty`, so no terminal code of our own is needed). Fails if there is no terminal.
+/// Prompts on the terminal and reads a password without echo
+/// ([`crate::terminal::read_password`]): echo goes off before the prompt appears, and
+/// the terminal is restored on every way out, Ctrl-C and signals included. Ctrl-C
+/// gives [`io::ErrorKind::Interrupted`] (see [`Failure::Interrupted`]). Fails if there
+/// is no terminal.
 pub fn prompt_password(prompt: &str) -> io::Result<String> {
-    use std::fs::OpenOptions;
-    use std::process::{Command, Stdio};
-    let tty = OpenOptions::new().read(true).write(true).open("/dev/tty")?;
-    let stty = |arg: &str| -> io::Result<()> {
-        let status = Command::new("stty")
-            .arg(arg)
-            .stdin(tty.try_clone()?)
-            .stderr(Stdio::null())
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other("stty failed"))
-        }
-    };
-    let mut out = tty.try_clone()?;
-    write!(out, "{prompt}")?;
-    out.flush()?;
-    stty("-echo")?;
-    let result = read_password_line(io::BufReader::new(tty.try_clone()?));
-    let _ = stty("echo");
-    let _ = writeln!(out);
-    result
+    crate::terminal::read_password(prompt)
 }
 
 /// Reads a password for `--password-stdin`: one line, without its `\n` or `\r\n`. A

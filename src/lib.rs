@@ -47,4 +47,5 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod terminal;
 pub mod threads;

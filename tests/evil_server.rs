@@ -898,6 +898,7 @@ fn kinds(outputs: &[Output]) -> Vec<String> {
             Output::Persist(Persist::Seen(_)) => "persist seen".into(),
             Output::Persist(Persist::Received(last)) => format!("persist received {last:?}"),
             Output::Persist(Persist::Pins(pins)) => format!("persist pins {}", pins.len()),
+            Output::Persist(Persist::Names(names)) => format!("persist names {}", names.len()),
             Output::Exit(r) => format!("exit {r:?}"),
         })
         .collect()

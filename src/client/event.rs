@@ -92,6 +92,9 @@ pub enum Event {
         /// The last message number the participant acknowledged (as the server wrote
         /// it).
         acked: String,
+        /// The fingerprint of the participant's key, once accepted (not in the
+        /// script line).
+        fingerprint: Option<String>,
     },
     /// A user's key differs from the pinned one: `key-changed NAME OLD NEW`.
     KeyChanged {
@@ -107,6 +110,67 @@ pub enum Event {
         /// The user.
         name: String,
         /// The fingerprint of the key now pinned.
+        fingerprint: String,
+    },
+    /// A `/msg` (or a plain line to the current session) was sealed and sent: the
+    /// interactive client shows it as the user's own line. No line in script mode
+    /// (`sent SID N` follows when the server stored it).
+    Outgoing {
+        /// The session.
+        sid: u64,
+        /// The text sent.
+        text: String,
+    },
+    /// Plain lines now go to this session (`/join`, or `/init` and `/accept` in
+    /// interactive mode): `joined SID`.
+    Joined {
+        /// The session.
+        sid: u64,
+    },
+    /// `/name` gave a session a name, or took it away: `named SID [NAME]`.
+    Named {
+        /// The session.
+        sid: u64,
+        /// The new name; `None` when it was removed.
+        name: Option<String>,
+    },
+    /// Our `/accept` or `/decline` was sent. No line in script mode.
+    Answered {
+        /// The session.
+        sid: u64,
+        /// Accepted (else declined).
+        accepted: bool,
+    },
+    /// A session's status shows another participant's answer to the invitation,
+    /// which an earlier status did not. No line in script mode.
+    MemberAnswered {
+        /// The session.
+        sid: u64,
+        /// The participant.
+        name: String,
+        /// Accepted (else declined).
+        accepted: bool,
+    },
+    /// A session's status shows another participant online or offline, unlike the
+    /// earlier status. No line in script mode.
+    Presence {
+        /// The session.
+        sid: u64,
+        /// The participant.
+        name: String,
+        /// Online (else offline).
+        online: bool,
+    },
+    /// One line of `/help`: `help LINE`.
+    Help(String),
+    /// The first login succeeded (the shell's own event, for the interactive
+    /// client). No line in script mode.
+    LoggedIn {
+        /// `host:port` of the server.
+        server: String,
+        /// Our user name.
+        user: String,
+        /// The server key's fingerprint.
         fingerprint: String,
     },
     /// Something failed: `error COMMAND [SID] REASON`.
@@ -167,7 +231,13 @@ impl Event {
             | Event::Closed { sid }
             | Event::SessionStatus { sid, .. }
             | Event::Participant { sid, .. }
-            | Event::Listed(Listed::Session { sid, .. }) => Some(*sid),
+            | Event::Listed(Listed::Session { sid, .. })
+            | Event::Outgoing { sid, .. }
+            | Event::Joined { sid }
+            | Event::Named { sid, .. }
+            | Event::Answered { sid, .. }
+            | Event::MemberAnswered { sid, .. }
+            | Event::Presence { sid, .. } => Some(*sid),
             Event::Error { sid, .. } => *sid,
             _ => None,
         }
@@ -179,6 +249,18 @@ impl Event {
     pub fn script_line(&self) -> Option<String> {
         let e = |s: &str| escape(s);
         Some(match self {
+            Event::Outgoing { .. }
+            | Event::Answered { .. }
+            | Event::MemberAnswered { .. }
+            | Event::Presence { .. }
+            | Event::LoggedIn { .. } => return None,
+            Event::Joined { sid } => format!("joined {}", id_hex(*sid)),
+            Event::Named {
+                sid,
+                name: Some(name),
+            } => format!("named {} {}", id_hex(*sid), e(name)),
+            Event::Named { sid, name: None } => format!("named {}", id_hex(*sid)),
+            Event::Help(line) => format!("help {}", e(line)),
             Event::Connected => "connected".into(),
             Event::Reconnecting { reason } => {
                 format!("error connection {}; reconnecting", e(reason))
@@ -213,6 +295,7 @@ impl Event {
                 answer,
                 presence,
                 acked,
+                ..
             } => format!(
                 "status {} {} {} {} {} {}",
                 id_hex(*sid),

@@ -14,20 +14,28 @@
 //! [`state`], how a file is laid out in [`store`], [`crate::pins`] and [`crate::e2e`].
 //! It never prints anything but the core's lines on stdout (diagnostics go to the log).
 
+pub mod editor;
 pub mod event;
+pub mod names;
+pub mod render;
+pub mod screen;
 pub mod state;
 pub mod store;
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::crypto::{CryptoError, RsaPublic};
 use crate::login::{ClientLogin, Established, LoginError};
 use crate::mtp::{self, Header, MsgType, ReadError};
+use editor::Action;
+use screen::Screen;
 use state::{BadLine, Core, Input, Output};
 use store::Store;
 
@@ -41,8 +49,9 @@ pub const DEFAULT_PORT: u16 = 5150;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First wait before reconnecting after a lost connection; doubled up to the maximum.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
-/// Longest wait between reconnection attempts.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Longest wait between reconnection attempts: the client is back within about this
+/// long (plus a login) of the server coming back.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(4);
 
 /// Client settings from the command line.
 #[derive(Debug, Clone)]
@@ -121,6 +130,27 @@ struct Link {
     uid: u64,
 }
 
+/// A reader that keeps the first bytes it reads, to say what a server that is not
+/// mpchatd answered.
+struct Peek<'a> {
+    inner: &'a mut TcpStream,
+    first: Vec<u8>,
+}
+
+impl Peek<'_> {
+    /// Bytes kept.
+    const KEEP: usize = 40;
+}
+
+impl Read for Peek<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = Self::KEEP.saturating_sub(self.first.len());
+        self.first.extend_from_slice(&buf[..n.min(room)]);
+        Ok(n)
+    }
+}
+
 /// Connects and logs in. The receiving MTP state is returned for the reader thread.
 fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), ClientError> {
     let addrs: Vec<_> = config
@@ -168,7 +198,20 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), Cli
         ))
     })?;
     let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
-    let reply = mtp::read_frame(&mut stream).map_err(|e| match e {
+    let mut peek = Peek {
+        inner: &mut stream,
+        first: Vec::new(),
+    };
+    let read = mtp::read_frame(&mut peek);
+    if read.is_err() && !peek.first.is_empty() && !peek.first.starts_with(&[1, 0]) {
+        // Not the start of an MTP frame: another kind of server answered.
+        return Err(ClientError::Server(format!(
+            "{} is not an mpchat server: it answered \"{}\" where mpchatd's login reply starts with the bytes 01 00; check --server HOST[:PORT] (mpchatd listens on port {DEFAULT_PORT} by default)",
+            config.server,
+            escape(&String::from_utf8_lossy(&peek.first))
+        )));
+    }
+    let reply = read.map_err(|e| match e {
         ReadError::Eof | ReadError::Io(_) => ClientError::Server(format!(
             "login to {} refused: wrong user name or password, a clock more than 30 s off, or a server key that does not match --server-key",
             config.server
@@ -203,12 +246,16 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), Cli
 
 /// What the main loop reacts to.
 enum Happening {
-    /// From the stdin thread.
+    /// From the stdin thread (script mode).
     Input(Input),
+    /// From the stdin thread (interactive mode): keys as the terminal sent them.
+    Keys(Vec<u8>),
     /// From the current connection's reader thread: an opened frame.
     Frame(Header, Vec<u8>),
     /// From the reader thread of connection number `.0`: its end, and why.
     Lost(u64, String),
+    /// From the reconnecting thread: logged in again, with the backoff it reached.
+    Back(Box<(Link, mtp::Receiver)>, Duration),
 }
 
 /// Reads and opens frames from connection `generation` until it fails, then reports
@@ -327,9 +374,38 @@ fn spawn_stdin(mut input: impl BufRead + Send + 'static, tx: mpsc::Sender<Happen
     });
 }
 
-/// What carries out the core's outputs: the connection, stdout and the files.
+/// Where events go: lines on a pipe (script mode), or a person's screen.
+enum Front<W: Write> {
+    /// Script mode: each event's line ([`Event::script_line`]).
+    Script(W),
+    /// Interactive mode.
+    Screen(Box<Screen>),
+}
+
+impl<W: Write> Front<W> {
+    fn show(&mut self, event: &Event, core: &Core) {
+        match self {
+            Front::Script(out) => {
+                if let Some(line) = event.script_line() {
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
+            Front::Screen(screen) => screen.show(event, core),
+        }
+    }
+
+    /// After a batch of outputs: the input line again.
+    fn redraw(&mut self, core: &Core) {
+        if let Front::Screen(screen) = self {
+            screen.redraw(core);
+        }
+    }
+}
+
+/// What carries out the core's outputs: the connection, the front and the files.
 struct Shell<W: Write> {
-    out: W,
+    front: Front<W>,
     store: Store,
     link: Option<Link>,
 }
@@ -339,7 +415,9 @@ impl<W: Write> Shell<W> {
     /// the core exits.
     fn feed(&mut self, core: &mut Core, input: Input) -> Option<Result<(), ClientError>> {
         let outputs = core.handle(input, now_ns());
-        self.carry_out(core, outputs)
+        let exit = self.carry_out(core, outputs);
+        self.front.redraw(core);
+        exit
     }
 
     fn carry_out(
@@ -350,12 +428,7 @@ impl<W: Write> Shell<W> {
         for output in outputs {
             match output {
                 Output::Send { typ, sid, payload } => self.send(typ, sid, &payload),
-                Output::Event(event) => {
-                    if let Some(line) = event.script_line() {
-                        let _ = writeln!(self.out, "{line}");
-                        let _ = self.out.flush();
-                    }
-                }
+                Output::Event(event) => self.front.show(&event, core),
                 Output::Persist(what) => {
                     if let Err(error) = self.store.write(&what) {
                         // Reported at once, before the outputs that follow.
@@ -363,7 +436,8 @@ impl<W: Write> Shell<W> {
                             file: what.file(),
                             error,
                         };
-                        if let Some(exit) = self.feed(core, failed) {
+                        let outputs = core.handle(failed, now_ns());
+                        if let Some(exit) = self.carry_out(core, outputs) {
                             return Some(exit);
                         }
                     }
@@ -396,20 +470,135 @@ impl<W: Write> Shell<W> {
     }
 }
 
-/// Runs the client until `/quit`, or end of input with every reply in. Events go to
-/// `out`, one per line.
+/// Logs in again after a lost connection, from a thread of its own so the screen
+/// stays live: waits `backoff`, doubling it up to [`RECONNECT_MAX`] after each failed
+/// attempt, and hands the new connection to the main loop. It stops when the main
+/// loop is gone (`alive` false).
+fn spawn_reconnect(
+    config: Config,
+    password: String,
+    mut backoff: Duration,
+    alive: Arc<AtomicBool>,
+    tx: mpsc::Sender<Happening>,
+) {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        loop {
+            std::thread::sleep(backoff);
+            if !alive.load(Ordering::Relaxed) {
+                return;
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+            match connect(&config, &password) {
+                Ok((link, receiver)) => {
+                    let _ = tx.send(Happening::Back(Box::new((link, receiver)), backoff));
+                    return;
+                }
+                Err(e) => log::debug!("reconnect failed after {:?}: {e}", started.elapsed()),
+            }
+        }
+    });
+}
+
+/// Reads the terminal's keys for the interactive screen, as they come. The end of
+/// input (the terminal gone) is the end of input for the core.
+fn spawn_keys(tx: mpsc::Sender<Happening>) {
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Happening::Input(Input::EndOfInput));
+                    return;
+                }
+                Ok(n) => n,
+            };
+            if tx.send(Happening::Keys(buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Runs the client in script mode until `/quit`, or end of input with every reply
+/// in. Events go to `out`, one line each ([`Event::script_line`]).
 pub fn run(
     config: Config,
     password: &str,
     input: impl BufRead + Send + 'static,
     out: impl Write,
 ) -> Result<(), ClientError> {
+    let (tx, rx) = mpsc::channel();
+    let start = start(&config, password, false)?;
+    spawn_stdin(input, tx.clone());
+    main_loop(config, password, start, Front::Script(out), tx, rx)
+}
+
+/// Runs the client for a person at a terminal (standard input and output): an
+/// input line that incoming events never overwrite, line editing and history, short
+/// session names and a current session, local times and colours. See mpchat(1).
+pub fn run_interactive(config: Config, password: &str) -> Result<(), ClientError> {
+    let (tx, rx) = mpsc::channel();
+    let start = start(&config, password, true)?;
+    let mut screen = Screen::open().map_err(|e| {
+        ClientError::System(format!(
+            "cannot set up the terminal: {e}; run with --script to read commands line by line"
+        ))
+    })?;
+    screen.show(
+        &Event::LoggedIn {
+            server: config.server.clone(),
+            user: config.user.clone(),
+            fingerprint: config.server_key.fingerprint(),
+        },
+        &start.0,
+    );
+    spawn_keys(tx.clone());
+    main_loop(
+        config,
+        password,
+        start,
+        Front::<io::Stdout>::Screen(Box::new(screen)),
+        tx,
+        rx,
+    )
+}
+
+/// A core and a connection, logged in.
+type Started = (Core, Store, Link, mtp::Receiver);
+
+/// Loads the config directory, checks the server key is not a user's, and logs in.
+fn start(config: &Config, password: &str, interactive: bool) -> Result<Started, ClientError> {
     let store = Store::new(&config.config_dir);
     let (my_key, saved) = store.load()?;
     let mut core = Core::new(&config.user, my_key, saved);
-    let (link, receiver) = connect(&config, password)?;
-    let uid = link.uid;
-    let (tx, rx) = mpsc::channel();
+    core.set_interactive(interactive);
+    if let Some(owner) = core.key_owner(&config.server_key) {
+        let whose = if owner == config.user {
+            "your own end-to-end key (key.pub)".to_string()
+        } else {
+            format!("the end-to-end key of user {}", escape(owner))
+        };
+        return Err(ClientError::Config(format!(
+            "the --server-key file holds {whose}, not the server's key: pass server.pub from the server's state directory (ask its operator)"
+        )));
+    }
+    let (link, receiver) = connect(config, password)?;
+    Ok((core, store, link, receiver))
+}
+
+/// The main loop of both modes: events from the keys or stdin, the connection and
+/// the reconnecting thread, handed to the core one at a time.
+fn main_loop<W: Write>(
+    config: Config,
+    password: &str,
+    (mut core, store, link, receiver): Started,
+    front: Front<W>,
+    tx: mpsc::Sender<Happening>,
+    rx: mpsc::Receiver<Happening>,
+) -> Result<(), ClientError> {
+    let interactive = matches!(front, Front::Screen(_));
     let mut generation = 0;
     let reader = link.stream.try_clone().map_err(|e| {
         ClientError::System(format!(
@@ -418,66 +607,128 @@ pub fn run(
         ))
     })?;
     spawn_reader(reader, receiver, generation, tx.clone());
-    spawn_stdin(input, tx.clone());
+    let uid = link.uid;
     let mut shell = Shell {
-        out,
+        front,
         store,
         link: Some(link),
     };
+    let alive = Arc::new(AtomicBool::new(true));
+    // Stops the reconnecting thread however this function ends.
+    struct Alive(Arc<AtomicBool>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+    let _alive = Alive(alive.clone());
     if let Some(exit) = shell.feed(&mut core, Input::Connected { uid }) {
         return exit;
     }
     let mut backoff = RECONNECT_MIN;
+    // Lines that came while the connection was away: handed to the core, in order,
+    // once it is back (as they waited in the channel before).
+    let mut waiting: VecDeque<Input> = VecDeque::new();
+    let mut away = false;
     loop {
         let Ok(event) = rx.recv() else {
             return Ok(());
         };
-        let input = match event {
-            Happening::Input(input) => input,
+        let inputs = match event {
+            Happening::Input(input) => vec![input],
+            Happening::Keys(bytes) => {
+                let Front::Screen(screen) = &mut shell.front else {
+                    continue;
+                };
+                let mut inputs = Vec::new();
+                for action in screen.keys(&bytes) {
+                    match action {
+                        Action::Redraw => {}
+                        Action::Submit(line) => inputs.push(Input::Line(line)),
+                        Action::Quit => inputs.push(Input::Line("/quit".into())),
+                    }
+                }
+                if inputs.is_empty() {
+                    shell.front.redraw(&core);
+                    continue;
+                }
+                inputs
+            }
             Happening::Frame(h, p) => {
                 backoff = RECONNECT_MIN;
-                Input::Frame(h, p)
+                vec![Input::Frame(h, p)]
             }
             Happening::Lost(g, why) if g == generation => {
                 shell.link = None;
-                Input::Lost(why)
+                away = true;
+                if let Some(exit) = shell.feed(&mut core, Input::Lost(why)) {
+                    return exit;
+                }
+                if let Front::Screen(screen) = &mut shell.front {
+                    screen.set_offline(true, 0);
+                    screen.redraw(&core);
+                }
+                spawn_reconnect(
+                    config.clone(),
+                    password.to_string(),
+                    backoff,
+                    alive.clone(),
+                    tx.clone(),
+                );
+                continue;
             }
             // A connection already replaced.
             Happening::Lost(..) => continue,
-        };
-        let lost = matches!(input, Input::Lost(_));
-        if let Some(exit) = shell.feed(&mut core, input) {
-            return exit;
-        }
-        if !lost {
-            continue;
-        }
-        // Reconnect with backoff; stdin lines keep queueing meanwhile.
-        let started = Instant::now();
-        let uid = loop {
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(RECONNECT_MAX);
-            let attempt = connect(&config, password).and_then(|(link, receiver)| {
-                let reader = link.stream.try_clone().map_err(|e| {
-                    ClientError::System(format!("cannot use the new connection: {e}"))
-                })?;
-                Ok((link, reader, receiver))
-            });
-            match attempt {
-                Ok((link, reader, receiver)) => {
-                    generation += 1;
-                    spawn_reader(reader, receiver, generation, tx.clone());
-                    let uid = link.uid;
-                    shell.link = Some(link);
-                    break uid;
+            Happening::Back(back, reached) => {
+                let (link, receiver) = *back;
+                backoff = reached;
+                let reader = match link.stream.try_clone() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        log::debug!("cannot use the new connection: {e}");
+                        spawn_reconnect(
+                            config.clone(),
+                            password.to_string(),
+                            backoff,
+                            alive.clone(),
+                            tx.clone(),
+                        );
+                        continue;
+                    }
+                };
+                generation += 1;
+                spawn_reader(reader, receiver, generation, tx.clone());
+                let uid = link.uid;
+                shell.link = Some(link);
+                away = false;
+                if let Front::Screen(screen) = &mut shell.front {
+                    screen.logged_in();
                 }
-                Err(e) => {
-                    log::debug!("reconnect failed after {:?}: {e}", started.elapsed());
-                }
+                let mut inputs = vec![Input::Connected { uid }];
+                inputs.extend(waiting.drain(..));
+                inputs
             }
         };
-        if let Some(exit) = shell.feed(&mut core, Input::Connected { uid }) {
-            return exit;
+        for input in inputs {
+            // While the connection is away, lines wait for it; a person's /quit
+            // (or Ctrl-D, or the terminal closing) does not.
+            let quit = interactive
+                && match &input {
+                    Input::Line(l) => l.trim() == "/quit",
+                    Input::EndOfInput => true,
+                    _ => false,
+                };
+            if away && !quit && !matches!(input, Input::Connected { .. }) {
+                waiting.push_back(input);
+                if let Front::Screen(screen) = &mut shell.front {
+                    screen.set_offline(true, waiting.len());
+                    screen.redraw(&core);
+                }
+                continue;
+            }
+            if let Some(exit) = shell.feed(&mut core, input) {
+                return exit;
+            }
         }
     }
 }

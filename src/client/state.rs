@@ -58,9 +58,11 @@ use crate::encoding;
 use crate::mtp::{self, Header, MsgType};
 use crate::pins::{PinSet, PinStatus};
 use crate::proto::{
-    Ack, Answer, CloseReq, CloseRes, InitReq, InitRes, InviteRes, MsgReq, MsgRes, Online, Reason,
-    ServerMessage, StatusReq, StatusRes,
+    Ack, Answer, CloseReq, CloseRes, InitReq, InitRes, InviteRes, MsgReq, MsgRes, Online, Presence,
+    Reason, ServerMessage, StatusReq, StatusRes,
 };
+
+use super::names::{self, Known};
 
 /// Incoming messages held at most (waiting for a session's members or a `/trust`);
 /// beyond this they are left unacknowledged for redelivery rather than kept in memory.
@@ -171,6 +173,8 @@ pub enum Persist {
     Seen(SeenWrite),
     /// The pinned keys: the whole `known_keys` file.
     Pins(PinSet),
+    /// The names the user gave sessions: the whole `names` file.
+    Names(BTreeMap<u64, String>),
 }
 
 impl Persist {
@@ -180,6 +184,7 @@ impl Persist {
             Persist::Received(_) => StateFile::Received,
             Persist::Seen(_) => StateFile::Seen,
             Persist::Pins(_) => StateFile::Pins,
+            Persist::Names(_) => StateFile::Names,
         }
     }
 }
@@ -193,6 +198,8 @@ pub enum StateFile {
     Seen,
     /// `known_keys`: the pins.
     Pins,
+    /// `names`: the names the user gave sessions.
+    Names,
 }
 
 /// What the core starts from: the states it persisted in an earlier run (empty for a
@@ -205,9 +212,13 @@ pub struct Saved {
     pub seen: ReplayGuard,
     /// The last message number handled per session.
     pub received: BTreeMap<u64, u64>,
+    /// The names the user gave sessions.
+    pub names: BTreeMap<u64, String>,
 }
 
-/// One command line, parsed.
+/// One command line, parsed. A session argument (`SID` in the manual) is kept as the
+/// user typed it: an id, a unique prefix of one, or a name, resolved by the core
+/// ([`super::names`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
     /// An empty line: nothing to do.
@@ -215,76 +226,139 @@ pub enum Command<'a> {
     /// `/init NAME...`
     Init(Vec<&'a str>),
     /// `/accept SID`
-    Accept(u64),
+    Accept(&'a str),
     /// `/decline SID`
-    Decline(u64),
+    Decline(&'a str),
     /// `/msg SID TEXT`
     Msg {
-        /// The session.
-        sid: u64,
+        /// The session, as typed.
+        session: &'a str,
         /// The text, as typed (trailing white space removed).
         text: &'a str,
     },
     /// `/close SID`
-    Close(u64),
-    /// `/status [SID]`: the sid, or 0 for the listing.
-    Status(u64),
+    Close(&'a str),
+    /// `/status [SID]`: the session, or `None` for the listing.
+    Status(Option<&'a str>),
     /// `/trust NAME`
     Trust(&'a str),
+    /// `/join SID`: plain lines go to that session from now on.
+    Join(&'a str),
+    /// `/name SID [NAME]`: give the session a name, or take it away.
+    Name {
+        /// The session, as typed.
+        session: &'a str,
+        /// The new name; `None` to go back to the default name.
+        name: Option<&'a str>,
+    },
+    /// `/help`
+    Help,
     /// `/quit`
     Quit,
+    /// A line that is not a command (no leading `/`, or `//` for a text that starts
+    /// with `/`): a message to the current session, if there is one.
+    Text(&'a str),
+}
+
+/// The command an invitation answer is: `accept` or `decline`.
+fn answer_word(accept: bool) -> &'static str {
+    if accept {
+        "accept"
+    } else {
+        "decline"
+    }
+}
+
+/// The commands `/help` lists, a line each.
+pub const HELP: &[&str] = &[
+    "/init NAME...          create a session and invite these users",
+    "/accept SID            accept an invitation (/decline SID declines it)",
+    "/msg SID TEXT          send TEXT to a session",
+    "/join SID              send plain lines (without a /) to this session",
+    "/name SID [NAME]       give a session a short name (without NAME: the default)",
+    "/status [SID]          list your sessions, or the people in one",
+    "/close SID             close a session you created",
+    "/trust NAME            accept the new key of NAME, once checked with them",
+    "/help, /quit           this list; leave (Ctrl-D too)",
+    "SID: a session id, a unique prefix of one, a name given with /name, or a default name (bob,carol)",
+];
+
+/// The error for a line that is no command: `error NAME unknown command; ...`, `NAME`
+/// being its first word without its slashes.
+pub fn unknown_command(line: &str) -> Event {
+    let line = line.trim_end();
+    let cmd = line.split_once(' ').map_or(line, |(c, _)| c);
+    Event::error(
+        cmd.trim_start_matches('/'),
+        "unknown command; use /init /accept /decline /msg /close /status /trust /quit",
+    )
+}
+
+/// The one word of `rest`, if it is one: the session argument of most commands.
+fn word(rest: &str) -> Option<&str> {
+    let w = rest.trim();
+    (!w.is_empty() && !w.contains(char::is_whitespace)).then_some(w)
 }
 
 /// Parses a command line. `Err` is the error to show (usage, unknown command).
+// The error is an event, shown at once: its size costs nothing worth a box.
+#[allow(clippy::result_large_err)]
 pub fn parse_command(line: &str) -> Result<Command<'_>, Event> {
     let line = line.trim_end();
     if line.is_empty() {
         return Ok(Command::Nothing);
     }
+    if line.starts_with("//") {
+        return Ok(Command::Text(&line[1..]));
+    }
+    if !line.starts_with('/') {
+        return Ok(Command::Text(line));
+    }
     let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
     let name = cmd.trim_start_matches('/');
-    let sid_arg = |rest: &str| encoding::parse_id(rest.trim());
+    let usage = |text: &str| Event::error(name, format!("usage: {text}"));
     match cmd {
         "/quit" => Ok(Command::Quit),
+        "/help" => Ok(Command::Help),
         "/init" => {
             let names: Vec<&str> = rest.split_whitespace().collect();
             if names.is_empty() {
-                return Err(Event::error("init", "usage: /init NAME..."));
+                return Err(usage("/init NAME..."));
             }
             Ok(Command::Init(names))
         }
-        "/accept" | "/decline" => match sid_arg(rest) {
-            Some(sid) if cmd == "/accept" => Ok(Command::Accept(sid)),
-            Some(sid) => Ok(Command::Decline(sid)),
-            None => Err(Event::error(
-                name,
-                format!("usage: /{name} SID (16 hex digits)"),
-            )),
-        },
+        "/accept" => word(rest)
+            .map(Command::Accept)
+            .ok_or_else(|| usage("/accept SID")),
+        "/decline" => word(rest)
+            .map(Command::Decline)
+            .ok_or_else(|| usage("/decline SID")),
         "/msg" => {
-            let (sid, text) = rest.split_once(' ').unwrap_or((rest, ""));
-            match (sid_arg(sid), text.is_empty()) {
-                (Some(sid), false) => Ok(Command::Msg { sid, text }),
-                _ => Err(Event::error("msg", "usage: /msg SID TEXT")),
+            let (session, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            if session.is_empty() || text.is_empty() {
+                return Err(usage("/msg SID TEXT"));
+            }
+            Ok(Command::Msg { session, text })
+        }
+        "/close" => word(rest)
+            .map(Command::Close)
+            .ok_or_else(|| usage("/close SID")),
+        "/status" if rest.trim().is_empty() => Ok(Command::Status(None)),
+        "/status" => word(rest)
+            .map(|w| Command::Status(Some(w)))
+            .ok_or_else(|| usage("/status [SID]")),
+        "/trust" => Ok(Command::Trust(rest.trim())),
+        "/join" => word(rest)
+            .map(Command::Join)
+            .ok_or_else(|| usage("/join SID")),
+        "/name" => {
+            let mut words = rest.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(session), name, None) => Ok(Command::Name { session, name }),
+                _ => Err(usage("/name SID [NAME]")),
             }
         }
-        "/close" => sid_arg(rest)
-            .map(Command::Close)
-            .ok_or_else(|| Event::error("close", "usage: /close SID")),
-        "/status" => {
-            let sid = if rest.trim().is_empty() {
-                Some(0)
-            } else {
-                sid_arg(rest)
-            };
-            sid.map(Command::Status)
-                .ok_or_else(|| Event::error("status", "usage: /status [SID]"))
-        }
-        "/trust" => Ok(Command::Trust(rest.trim())),
-        _ => Err(Event::error(
-            name,
-            "unknown command; use /init /accept /decline /msg /close /status /trust /quit",
-        )),
+        _ => Err(unknown_command(line)),
     }
 }
 
@@ -294,6 +368,9 @@ struct Member {
     name: String,
     uid: u64,
     accepted: bool,
+    declined: bool,
+    /// Online or offline; `None` where the status hides it (`-`).
+    online: Option<bool>,
     key: Option<String>,
 }
 
@@ -346,11 +423,18 @@ impl StatusView {
                 answer: p.answer.word().to_string(),
                 presence: p.presence.word().to_string(),
                 acked: p.acked.to_string(),
+                fingerprint: p.key.as_deref().and_then(fingerprint_of),
             });
             members.push(Member {
                 name: p.name,
                 uid: p.uid,
                 accepted: p.answer == Answer::Accepted,
+                declined: p.answer == Answer::Declined,
+                online: match p.presence {
+                    Presence::Online => Some(true),
+                    Presence::Offline => Some(false),
+                    Presence::Hidden => None,
+                },
                 key: p.key,
             });
         }
@@ -375,6 +459,13 @@ impl StatusView {
         }
         StatusView::Session(parse_session_status(sid, text).ok_or_else(|| lenient_reason(text)))
     }
+}
+
+/// The fingerprint of a key in the base64 of the wire, if it is one.
+fn fingerprint_of(key_b64: &str) -> Option<String> {
+    RsaPublic::from_base64(key_b64)
+        .ok()
+        .map(|k| k.fingerprint())
 }
 
 /// The reason in a reply proto refused: the text after any `error: `, as a
@@ -414,6 +505,12 @@ fn parse_session_status(sid: u64, payload: &str) -> Option<(SessionView, Vec<Eve
             name: f[0].to_string(),
             uid,
             accepted: Answer::from_word(f[2]) == Some(Answer::Accepted),
+            declined: Answer::from_word(f[2]) == Some(Answer::Declined),
+            online: match Presence::from_word(f[3]) {
+                Some(Presence::Online) => Some(true),
+                Some(Presence::Offline) => Some(false),
+                _ => None,
+            },
             key: f.get(5).map(|k| k.to_string()),
         });
         raw.push(Event::Participant {
@@ -423,6 +520,7 @@ fn parse_session_status(sid: u64, payload: &str) -> Option<(SessionView, Vec<Eve
             answer: f[2].to_string(),
             presence: f[3].to_string(),
             acked: f[4].to_string(),
+            fingerprint: f.get(5).and_then(|k| fingerprint_of(k)),
         });
     }
     Some((view, raw))
@@ -488,8 +586,35 @@ pub struct Core {
     held: HashSet<(u64, u64)>,
     /// The latest changed key offered per name: what `/trust NAME` trusts.
     offered: HashMap<String, RsaPublic>,
+    /// A person at a terminal drives the client ([`Core::set_interactive`]).
+    interactive: bool,
+    /// The names the user gave sessions; persisted ([`Persist::Names`]).
+    names: BTreeMap<u64, String>,
+    /// Every session heard of (a name, an invitation, a status, a message, the
+    /// `received` file): what a session reference resolves against.
+    known: BTreeMap<u64, KnownSession>,
+    /// The session plain lines go to.
+    current: Option<u64>,
+    /// `/join` was used: in script mode plain lines are messages only then.
+    joined: bool,
+    /// `/accept` (true) or `/decline` of a session not heard of, waiting for its
+    /// status: sent if the server shows it, an error line if not.
+    answers: Vec<(u64, bool)>,
+    /// Sessions we created whose status has not come yet: the first one's answers
+    /// are announced, since there is no earlier status to compare them with.
+    created: HashSet<u64>,
     /// The outputs of the input being handled, in order.
     out: Vec<Output>,
+}
+
+/// What the core knows of a session for naming it.
+#[derive(Debug, Clone, Default)]
+struct KnownSession {
+    /// The default name, from the other participants (or the creator of an
+    /// invitation whose members are not known yet).
+    default: Option<String>,
+    /// It was closed: no longer a candidate for a reference.
+    closed: bool,
 }
 
 impl Core {
@@ -498,6 +623,12 @@ impl Core {
     pub fn new(user: &str, my_key: RsaPrivate, saved: Saved) -> Core {
         let my_public = my_key.public();
         let my_key_b64 = my_public.to_base64();
+        let known = saved
+            .received
+            .keys()
+            .chain(saved.names.keys())
+            .map(|&sid| (sid, KnownSession::default()))
+            .collect();
         Core {
             user: user.to_string(),
             uid: 0,
@@ -524,8 +655,56 @@ impl Core {
             warned: HashSet::new(),
             held: HashSet::new(),
             offered: HashMap::new(),
+            interactive: false,
+            known,
+            names: saved.names,
+            current: None,
+            joined: false,
+            answers: Vec::new(),
+            created: HashSet::new(),
             out: Vec::new(),
         }
+    }
+
+    /// Whether a person drives the client at a terminal (the shell's interactive
+    /// mode): `/init` and `/accept` then make their session the current one, and a
+    /// plain line is a message to it without a `/join` first. Off by default (script
+    /// mode: a plain line is an error unless `/join` chose a session).
+    pub fn set_interactive(&mut self, on: bool) {
+        self.interactive = on;
+    }
+
+    /// The session plain lines go to, if any.
+    pub fn current(&self) -> Option<u64> {
+        self.current.filter(|_| self.interactive || self.joined)
+    }
+
+    /// Whose key `key` is, as far as this client knows: our own (our user name) or
+    /// a pinned user's.
+    pub fn key_owner(&self, key: &RsaPublic) -> Option<&str> {
+        if *key == self.my_public {
+            return Some(&self.user);
+        }
+        self.pins.name_of(key)
+    }
+
+    /// Our user name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// A session's short name: the name the user gave it, else its default name
+    /// from the other participants; `None` when neither is known.
+    pub fn label(&self, sid: u64) -> Option<String> {
+        self.names
+            .get(&sid)
+            .cloned()
+            .or_else(|| self.known.get(&sid).and_then(|k| k.default.clone()))
+    }
+
+    /// Whether a connection is up (logged in, not lost since).
+    pub fn connected(&self) -> bool {
+        self.connected
     }
 
     /// Handles one input at time `now` (Unix time in nanoseconds) and returns what to
@@ -548,6 +727,10 @@ impl Core {
             Input::Connected { uid } => {
                 self.uid = uid;
                 self.connected = true;
+                if self.interactive {
+                    // The sessions, for their names (nothing is printed).
+                    self.request_status(0, true);
+                }
                 if self.was_connected {
                     self.emit(Event::Connected);
                 }
@@ -578,6 +761,7 @@ impl Core {
             + self.closes.values().sum::<usize>()
             + self.status_wanted.values().sum::<usize>()
             + self.outgoing.len()
+            + self.answers.len()
     }
 
     fn emit(&mut self, event: Event) {
@@ -627,6 +811,7 @@ impl Core {
                 format!("cannot record the message as received: {error}"),
             )),
             StateFile::Pins => self.emit(Event::error("key", error)),
+            StateFile::Names => self.emit(Event::error("name", error)),
         }
     }
 
@@ -652,43 +837,77 @@ impl Core {
                     self.emit(Event::error("init", "not connected"));
                 }
             }
-            Command::Accept(sid) => {
-                let payload = InviteRes::Accept(self.my_key_b64.clone()).encode();
-                if !self.send(InviteRes::TYPE, sid, payload) {
-                    self.emit(Event::error("accept", "not connected"));
+            Command::Accept(session) | Command::Decline(session) => {
+                let accept = matches!(command, Command::Accept(_));
+                let Some(sid) = self.resolve(if accept { "accept" } else { "decline" }, session)
+                else {
+                    return;
+                };
+                if self.known.contains_key(&sid) {
+                    self.answer(sid, accept);
+                } else if self.connected {
+                    // An id never heard of, maybe mistyped: ask the server first, so a
+                    // wrong one is an error line rather than an answer sent nowhere.
+                    self.answers.push((sid, accept));
+                    self.request_status(sid, true);
                 } else {
-                    self.request_status(sid, true);
+                    self.emit(Event::error(answer_word(accept), "not connected"));
                 }
-                self.invites.remove(&sid);
             }
-            Command::Decline(sid) => {
-                if !self.send(InviteRes::TYPE, sid, InviteRes::Deny.encode()) {
-                    self.emit(Event::error("decline", "not connected"));
+            Command::Msg { session, text } => {
+                if let Some(sid) = self.resolve("msg", session) {
+                    self.queue_msg(sid, text);
                 }
-                self.invites.remove(&sid);
             }
-            Command::Msg { sid, text } => {
-                self.outgoing.push(OutgoingMsg {
-                    sid,
-                    text: text.to_string(),
-                });
-                if !self.sessions.contains_key(&sid) {
-                    self.request_status(sid, true);
-                }
-                self.flush_outgoing();
-            }
-            Command::Close(sid) => {
+            Command::Text(text) => match self.current() {
+                Some(sid) => self.queue_msg(sid, text),
+                // Script mode keeps its error for a line that is no command.
+                None if !self.interactive => self.emit(unknown_command(line)),
+                None => self.emit(Event::error(
+                    "msg",
+                    "no current session: /join SID first, or /msg SID TEXT",
+                )),
+            },
+            Command::Close(session) => {
+                let Some(sid) = self.resolve("close", session) else {
+                    return;
+                };
                 if self.send(CloseReq::TYPE, sid, CloseReq.encode()) {
                     *self.closes.entry(sid).or_default() += 1;
                 } else {
                     self.emit(Event::error("close", "not connected"));
                 }
             }
-            Command::Status(sid) => {
+            Command::Status(session) => {
+                let sid = match session {
+                    None => 0,
+                    Some(s) => match self.resolve("status", s) {
+                        Some(sid) => sid,
+                        None => return,
+                    },
+                };
                 if !self.send(StatusReq::TYPE, sid, StatusReq.encode()) {
                     self.emit(Event::error("status", "not connected"));
                 } else {
                     *self.status_wanted.entry(sid).or_default() += 1;
+                }
+            }
+            Command::Join(session) => {
+                if let Some(sid) = self.resolve("join", session) {
+                    self.current = Some(sid);
+                    self.joined = true;
+                    self.known.entry(sid).or_default();
+                    self.emit(Event::Joined { sid });
+                }
+            }
+            Command::Name { session, name } => {
+                if let Some(sid) = self.resolve("name", session) {
+                    self.name_session(sid, name);
+                }
+            }
+            Command::Help => {
+                for line in HELP {
+                    self.emit(Event::Help(line.to_string()));
                 }
             }
             Command::Trust(who) => {
@@ -713,6 +932,104 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The sessions a reference may name: every one heard of and not closed, with
+    /// its name and default name.
+    fn candidates(&self) -> Vec<Known<'_>> {
+        self.known
+            .iter()
+            .filter(|(_, k)| !k.closed)
+            .map(|(&sid, k)| Known {
+                sid,
+                name: self.names.get(&sid).map(String::as_str),
+                default: k.default.as_deref(),
+            })
+            .collect()
+    }
+
+    /// The session `token` names ([`names::resolve`]), or `None` after an error line
+    /// for `command` that names the candidates.
+    fn resolve(&mut self, command: &str, token: &str) -> Option<u64> {
+        let candidates = self.candidates();
+        match names::resolve(token, &candidates) {
+            Ok(sid) => Some(sid),
+            Err(why) => {
+                let reason = names::unresolved_reason(token, &why, &candidates);
+                self.emit(Event::error(command, reason));
+                None
+            }
+        }
+    }
+
+    /// Sends our answer to the invitation to `sid`.
+    fn answer(&mut self, sid: u64, accept: bool) {
+        let sent = if accept {
+            let payload = InviteRes::Accept(self.my_key_b64.clone()).encode();
+            let sent = self.send(InviteRes::TYPE, sid, payload);
+            if sent {
+                self.request_status(sid, true);
+            }
+            sent
+        } else {
+            self.send(InviteRes::TYPE, sid, InviteRes::Deny.encode())
+        };
+        self.invites.remove(&sid);
+        if !sent {
+            return self.emit(Event::error(answer_word(accept), "not connected"));
+        }
+        self.known.entry(sid).or_default();
+        self.emit(Event::Answered {
+            sid,
+            accepted: accept,
+        });
+        if accept && self.interactive {
+            self.current = Some(sid);
+        } else if !accept && self.current == Some(sid) {
+            self.current = None;
+        }
+    }
+
+    /// Queues a message to `sid` and sends it once the session's members are known.
+    fn queue_msg(&mut self, sid: u64, text: &str) {
+        self.outgoing.push(OutgoingMsg {
+            sid,
+            text: text.to_string(),
+        });
+        if !self.sessions.contains_key(&sid) {
+            self.request_status(sid, true);
+        }
+        self.flush_outgoing();
+    }
+
+    /// `/name SID [NAME]`: gives the session a name (unique, see [`names::check_name`])
+    /// or takes it away, and persists the names.
+    fn name_session(&mut self, sid: u64, name: Option<&str>) {
+        if let Some(name) = name {
+            if let Err(why) = names::check_name(name) {
+                return self.emit(Event::sid_error("name", sid, why));
+            }
+            if let Some((&other, _)) = self
+                .names
+                .iter()
+                .find(|(&s, n)| s != sid && n.as_str() == name)
+            {
+                return self.emit(Event::sid_error(
+                    "name",
+                    sid,
+                    format!("{name} already names {}", encoding::id_hex(other)),
+                ));
+            }
+            self.names.insert(sid, name.to_string());
+        } else if self.names.remove(&sid).is_none() {
+            return self.emit(Event::sid_error("name", sid, "the session has no name"));
+        }
+        self.known.entry(sid).or_default();
+        self.persist(Persist::Names(self.names.clone()));
+        self.emit(Event::Named {
+            sid,
+            name: name.map(str::to_string),
+        });
     }
 
     /// The key of `name` if it may be used: pinned on first use, refused while changed.
@@ -816,6 +1133,10 @@ impl Core {
                     let payload = MsgReq { envelope: &env }.encode();
                     if self.send(MsgReq::TYPE, m.sid, payload) {
                         self.msgs.entry(m.sid).or_default().push_back(());
+                        self.emit(Event::Outgoing {
+                            sid: m.sid,
+                            text: m.text,
+                        });
                     } else {
                         self.emit(Event::sid_error("msg", m.sid, "not connected"));
                     }
@@ -989,12 +1310,22 @@ impl Core {
     fn init_res(&mut self, sid: u64, result: Result<(), Reason>) {
         self.inits = self.inits.saturating_sub(1);
         match result {
-            Ok(()) => self.emit(Event::Init { sid }),
+            Ok(()) => {
+                if sid != 0 {
+                    self.known.entry(sid).or_default();
+                    self.created.insert(sid);
+                    if self.interactive {
+                        self.current = Some(sid);
+                    }
+                }
+                self.emit(Event::Init { sid })
+            }
             Err(r) => self.emit(Event::error("init", r.to_string())),
         }
     }
 
     fn invite(&mut self, sid: u64) {
+        self.known.entry(sid).or_default();
         self.invites.insert(sid);
         self.request_status(sid, true);
     }
@@ -1014,6 +1345,16 @@ impl Core {
     fn closed(&mut self, sid: u64) {
         self.sessions.remove(&sid);
         self.emit(Event::Closed { sid });
+        if let Some(k) = self.known.get_mut(&sid) {
+            k.closed = true;
+        }
+        if self.current == Some(sid) {
+            self.current = None;
+        }
+        // A closed session's sid is never reused: its name can go.
+        if self.names.remove(&sid).is_some() {
+            self.persist(Persist::Names(self.names.clone()));
+        }
     }
 
     fn close_res(&mut self, sid: u64, result: Result<(), Reason>) {
@@ -1050,6 +1391,7 @@ impl Core {
             ));
             return;
         }
+        self.known.entry(sid).or_default();
         self.incoming.push(IncomingMsg {
             sid,
             author,
@@ -1080,6 +1422,9 @@ impl Core {
         let quiet = !wanted && take(&mut self.status_quiet);
         let session = match view {
             StatusView::Listing(listing) => {
+                if let Ok(lines) = &listing {
+                    self.learn_listing(lines);
+                }
                 match listing {
                     Ok(lines) if wanted && lines.is_empty() => self.emit(Event::StatusNone),
                     Ok(lines) if wanted => {
@@ -1105,6 +1450,7 @@ impl Core {
                     .filter_map(|m| m.key.clone().map(|k| (m.name.clone(), k)))
                     .collect();
                 let creator = view.creator.clone();
+                let notes = self.learn_session(sid, &view);
                 self.sessions.insert(sid, view);
                 for (name, key) in members {
                     let _ = self.usable_key(&name, &key);
@@ -1120,6 +1466,12 @@ impl Core {
                         self.emit(l);
                     }
                 }
+                for note in notes {
+                    self.emit(note);
+                }
+                for accept in self.take_answers(sid) {
+                    self.answer(sid, accept);
+                }
             }
             Err(reason) => {
                 if wanted {
@@ -1131,15 +1483,106 @@ impl Core {
                 if quiet && reason == Reason::SessionClosed {
                     self.sessions.remove(&sid);
                 }
+                for accept in self.take_answers(sid) {
+                    let reason = reason.to_string();
+                    self.emit(Event::sid_error(answer_word(accept), sid, reason));
+                }
             }
         }
         self.flush_outgoing();
         self.flush_incoming();
     }
 
+    /// The `/accept` and `/decline` of `sid` that waited for its status.
+    fn take_answers(&mut self, sid: u64) -> Vec<bool> {
+        let (mine, rest) = std::mem::take(&mut self.answers)
+            .into_iter()
+            .partition(|(s, _)| *s == sid);
+        self.answers = rest;
+        mine.into_iter().map(|(_, accept)| accept).collect()
+    }
+
+    /// Learns the sessions of a listing; in interactive mode, asks (quietly) for the
+    /// status of each whose members are not known, for its default name.
+    fn learn_listing(&mut self, lines: &[Listed]) {
+        let mut ask = Vec::new();
+        for line in lines {
+            let Listed::Session { sid, creator, .. } = line else {
+                continue;
+            };
+            let known = self.known.entry(*sid).or_default();
+            known.closed = false;
+            if known.default.is_none() && *creator != self.user {
+                known.default = Some(creator.clone());
+            }
+            if !self.sessions.contains_key(sid) {
+                ask.push(*sid);
+            }
+        }
+        if self.interactive {
+            for sid in ask {
+                if self.status_quiet.get(&sid).copied().unwrap_or(0) == 0 {
+                    self.request_status(sid, true);
+                }
+            }
+        }
+    }
+
+    /// Learns a session's default name from a status, and returns what changed since
+    /// the status before it: other participants who answered the invitation, or came
+    /// online or went offline. For a session we created, the first status's answers
+    /// count as changes (every invitee was still to answer when we made it).
+    fn learn_session(&mut self, sid: u64, view: &SessionView) -> Vec<Event> {
+        let me = (self.uid, self.user.as_str());
+        let others: Vec<&Member> = view
+            .members
+            .iter()
+            .filter(|m| m.uid != me.0 && m.name != me.1)
+            .collect();
+        let names: Vec<&str> = others
+            .iter()
+            .filter(|m| !m.declined)
+            .map(|m| m.name.as_str())
+            .collect();
+        let known = self.known.entry(sid).or_default();
+        if let Some(default) = names::default_name(&names) {
+            known.default = Some(default);
+        } else if known.default.is_none() && view.creator != me.1 {
+            known.default = Some(view.creator.clone());
+        }
+        let fresh = self.created.remove(&sid);
+        let old = self.sessions.get(&sid);
+        let mut notes = Vec::new();
+        for m in others {
+            let before = old.and_then(|o| o.members.iter().find(|p| p.uid == m.uid));
+            let answered_before = match before {
+                Some(b) => b.accepted || b.declined,
+                None => !(fresh || old.is_some()),
+            };
+            // The creator accepted by making the session: nothing to announce.
+            if (m.accepted || m.declined) && !answered_before && m.name != view.creator {
+                notes.push(Event::MemberAnswered {
+                    sid,
+                    name: m.name.clone(),
+                    accepted: m.accepted,
+                });
+            }
+            if let (Some(was), Some(is)) = (before.and_then(|b| b.online), m.online) {
+                if was != is {
+                    notes.push(Event::Presence {
+                        sid,
+                        name: m.name.clone(),
+                        online: is,
+                    });
+                }
+            }
+        }
+        notes
+    }
+
     /// Forgets requests whose answers were lost with the connection.
     fn connection_lost(&mut self) {
-        let lost = self.outstanding() - self.outgoing.len();
+        let lost = self.outstanding() - self.outgoing.len() - self.answers.len();
         self.inits = 0;
         self.msgs.clear();
         self.closes.clear();
@@ -1200,20 +1643,32 @@ mod tests {
         Input::Line(text.into())
     }
 
-    /// The outputs as short strings: `> TYPE SID PAYLOAD` for a request, the script
-    /// line of an event, `persist FILE`, `exit RESULT`.
+    /// The outputs as short strings, as script mode sees them: `> TYPE SID PAYLOAD`
+    /// for a request, the script line of an event (none for an event without one),
+    /// `persist FILE`, `exit RESULT`.
     fn show(outputs: Vec<Output>) -> Vec<String> {
         outputs
             .into_iter()
-            .map(|o| match o {
-                Output::Send { typ, sid, payload } => format!(
+            .filter_map(|o| match o {
+                Output::Send { typ, sid, payload } => Some(format!(
                     "> {typ:?} {} {}",
                     encoding::id_hex(sid),
                     String::from_utf8_lossy(&payload)
-                ),
-                Output::Event(e) => e.script_line().unwrap_or_else(|| format!("hidden {e:?}")),
-                Output::Persist(p) => format!("persist {:?}", p.file()),
-                Output::Exit(r) => format!("exit {r:?}"),
+                )),
+                Output::Event(e) => e.script_line(),
+                Output::Persist(p) => Some(format!("persist {:?}", p.file())),
+                Output::Exit(r) => Some(format!("exit {r:?}")),
+            })
+            .collect()
+    }
+
+    /// The events among the outputs, every one.
+    fn events(outputs: Vec<Output>) -> Vec<Event> {
+        outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
             })
             .collect()
     }
@@ -1253,36 +1708,70 @@ mod tests {
         assert_eq!(parse_command(""), Ok(Command::Nothing));
         assert_eq!(parse_command("   "), Ok(Command::Nothing));
         assert_eq!(parse_command("/quit"), Ok(Command::Quit));
+        assert_eq!(parse_command("/help"), Ok(Command::Help));
         assert_eq!(
             parse_command("/init bob  carol "),
             Ok(Command::Init(vec!["bob", "carol"]))
         );
         assert_eq!(
             parse_command(&format!("/accept {sid}")),
-            Ok(Command::Accept(SID))
+            Ok(Command::Accept(sid))
         );
         assert_eq!(
             parse_command(&format!("/decline  {sid} ")),
-            Ok(Command::Decline(SID))
+            Ok(Command::Decline(sid))
         );
         assert_eq!(
             parse_command(&format!("/close {sid}")),
-            Ok(Command::Close(SID))
+            Ok(Command::Close(sid))
         );
-        assert_eq!(parse_command("/status"), Ok(Command::Status(0)));
+        assert_eq!(parse_command("/status"), Ok(Command::Status(None)));
         assert_eq!(
             parse_command(&format!("/status {sid}")),
-            Ok(Command::Status(SID))
+            Ok(Command::Status(Some(sid)))
         );
         assert_eq!(parse_command("/trust  alice "), Ok(Command::Trust("alice")));
         // The text is the rest of the line: inner spaces kept, trailing ones dropped.
         assert_eq!(
             parse_command(&format!("/msg {sid}  two  spaces \t")),
             Ok(Command::Msg {
-                sid: SID,
+                session: sid,
                 text: " two  spaces"
             })
         );
+        // A session may be given by a name or a prefix: resolved by the core.
+        assert_eq!(
+            parse_command("/msg lunch hi"),
+            Ok(Command::Msg {
+                session: "lunch",
+                text: "hi"
+            })
+        );
+        assert_eq!(parse_command("/accept 5e5"), Ok(Command::Accept("5e5")));
+        assert_eq!(
+            parse_command("/join bob,carol"),
+            Ok(Command::Join("bob,carol"))
+        );
+        assert_eq!(
+            parse_command("/name 5e5 lunch"),
+            Ok(Command::Name {
+                session: "5e5",
+                name: Some("lunch")
+            })
+        );
+        assert_eq!(
+            parse_command("/name lunch"),
+            Ok(Command::Name {
+                session: "lunch",
+                name: None
+            })
+        );
+        // A line without a slash is text; a doubled slash sends a text that has one.
+        assert_eq!(
+            parse_command("hello there "),
+            Ok(Command::Text("hello there"))
+        );
+        assert_eq!(parse_command("//etc/motd"), Ok(Command::Text("/etc/motd")));
     }
 
     /// The error line a command line that does not parse gives.
@@ -1295,19 +1784,16 @@ mod tests {
         for (input, error) in [
             ("/init", "error init usage: /init NAME..."),
             ("/init   ", "error init usage: /init NAME..."),
-            (
-                "/accept 5E55000000000001",
-                "error accept usage: /accept SID (16 hex digits)",
-            ),
-            (
-                "/decline 5e55",
-                "error decline usage: /decline SID (16 hex digits)",
-            ),
+            ("/accept", "error accept usage: /accept SID"),
+            ("/decline a b", "error decline usage: /decline SID"),
             ("/msg 5e55000000000001", "error msg usage: /msg SID TEXT"),
             ("/msg 5e55000000000001 ", "error msg usage: /msg SID TEXT"),
-            ("/msg nosid hello", "error msg usage: /msg SID TEXT"),
+            ("/msg  hello", "error msg usage: /msg SID TEXT"),
             ("/close", "error close usage: /close SID"),
-            ("/status x", "error status usage: /status [SID]"),
+            ("/status x y", "error status usage: /status [SID]"),
+            ("/join", "error join usage: /join SID"),
+            ("/name", "error name usage: /name SID [NAME]"),
+            ("/name a b c", "error name usage: /name SID [NAME]"),
         ] {
             assert_eq!(parse_error(input), error, "{input:?}");
         }
@@ -1315,7 +1801,325 @@ mod tests {
             parse_error("/bogus\x1b[2J x"),
             "error bogus\\x1b[2J unknown command; use /init /accept /decline /msg /close /status /trust /quit"
         );
-        assert!(parse_error("hello").starts_with("error hello unknown command;"));
+    }
+
+    #[test]
+    fn a_plain_line_in_script_mode_without_join_is_the_unknown_command_error() {
+        let mut c = core();
+        assert_eq!(
+            show(c.handle(line("hello there"), 0)),
+            ["error hello unknown command; use /init /accept /decline /msg /close /status /trust /quit"]
+        );
+        assert_eq!(
+            show(c.handle(line("//x y"), 0)),
+            ["error x unknown command; use /init /accept /decline /msg /close /status /trust /quit"]
+        );
+    }
+
+    #[test]
+    fn a_reference_that_names_no_session_is_an_error_naming_the_candidates() {
+        let mut c = core();
+        for (input, error) in [
+            (
+                "/accept 5E55000000000001",
+                "error accept no session 5E55000000000001; /status lists your sessions",
+            ),
+            (
+                "/decline 5e55",
+                "error decline no session 5e55; /status lists your sessions",
+            ),
+            (
+                "/msg nosid hello",
+                "error msg no session nosid; /status lists your sessions",
+            ),
+            (
+                "/status x",
+                "error status no session x; /status lists your sessions",
+            ),
+            (
+                "/close x",
+                "error close no session x; /status lists your sessions",
+            ),
+            (
+                "/join x",
+                "error join no session x; /status lists your sessions",
+            ),
+        ] {
+            assert_eq!(show(c.handle(line(input), 0)), [error], "{input:?}");
+        }
+        // Two sessions starting 5e55: one with bob, one named lunch.
+        c.handle(frame(MsgType::InviteReq, SID, ""), 0);
+        c.handle(
+            frame(
+                MsgType::StatusRes,
+                SID,
+                "OK\nlive bob\nbob 000000000000000b accepted online 0\n",
+            ),
+            0,
+        );
+        c.handle(line("/name 5e55100000000002 lunch"), 0);
+        assert_eq!(
+            show(c.handle(line("/msg 5e55 hi"), 0)),
+            ["error msg session 5e55 is ambiguous: it could be 5e55000000000001 (bob), 5e55100000000002 (lunch)"]
+        );
+        assert_eq!(
+            show(c.handle(line("/close dinner"), 0)),
+            ["error close no session dinner; known: 5e55000000000001 (bob), 5e55100000000002 (lunch)"]
+        );
+        // By a unique prefix, a default name, a name: the same requests as by the id.
+        assert_eq!(
+            show(c.handle(line("/close 5e55000000000001"), 0)),
+            ["> CloseReq 5e55000000000001 "]
+        );
+        for r in ["5e55000000000001", "5e550", "bob"] {
+            assert_eq!(
+                show(c.handle(line(&format!("/status {r}")), 0)),
+                ["> StatusReq 5e55000000000001 "],
+                "{r}"
+            );
+        }
+        assert_eq!(
+            show(c.handle(line("/close lunch"), 0)),
+            ["> CloseReq 5e55100000000002 "]
+        );
+    }
+
+    /// A status of [`SID`], created by alice, with bob accepted and online, dave
+    /// invited and offline, and carol (us) as `answer`.
+    fn sid_status(me: &str, bob: &str, dave: &str) -> Input {
+        frame(
+            MsgType::StatusRes,
+            SID,
+            &format!(
+                "OK\nlive alice\nalice 000000000000000a accepted online 0\ncarol {} {me} online 0\nbob 000000000000000b {bob} 0\ndave 000000000000000d {dave} 0\n",
+                encoding::id_hex(ME)
+            ),
+        )
+    }
+
+    #[test]
+    fn in_interactive_mode_accept_chooses_the_current_session_for_plain_lines() {
+        let mut c = core();
+        c.set_interactive(true);
+        let sid = encoding::id_hex(SID);
+        c.handle(frame(MsgType::InviteReq, SID, ""), 0);
+        c.handle(
+            sid_status("invited", "accepted online", "invited offline"),
+            0,
+        );
+        assert_eq!(c.label(SID).as_deref(), Some("alice,bob,dave"));
+        assert_eq!(c.current(), None);
+        assert_eq!(
+            show(c.handle(line("hello"), 0)),
+            ["error msg no current session: /join SID first, or /msg SID TEXT"]
+        );
+        let out = c.handle(line("/accept alice,bob,dave"), 0);
+        assert_eq!(
+            events(out),
+            [Event::Answered {
+                sid: SID,
+                accepted: true
+            }]
+        );
+        assert_eq!(c.current(), Some(SID));
+        // The accepted ones have no key in this status: the line went to the session.
+        c.handle(
+            sid_status("accepted", "accepted online", "invited offline"),
+            0,
+        );
+        assert_eq!(
+            show(c.handle(line("hello"), 0)),
+            [format!("error msg {sid} nobody to encrypt to yet")]
+        );
+        // A closed session is current no more.
+        c.handle(frame(MsgType::CloseReq, SID, ""), 0);
+        assert_eq!(c.current(), None);
+    }
+
+    #[test]
+    fn in_interactive_mode_init_chooses_the_new_session_and_announces_the_answers() {
+        let mut c = core();
+        c.set_interactive(true);
+        c.handle(line("/init bob dave"), 0);
+        c.handle(frame(MsgType::InitRes, SID, "OK"), 0);
+        assert_eq!(c.current(), Some(SID));
+        let notes = events(c.handle(sid_status("accepted", "accepted online", "declined -"), 0));
+        assert_eq!(
+            notes,
+            [
+                Event::MemberAnswered {
+                    sid: SID,
+                    name: "bob".into(),
+                    accepted: true
+                },
+                Event::MemberAnswered {
+                    sid: SID,
+                    name: "dave".into(),
+                    accepted: false
+                }
+            ]
+        );
+        assert_eq!(
+            c.label(SID).as_deref(),
+            Some("alice,bob"),
+            "decliners left out"
+        );
+    }
+
+    #[test]
+    fn a_later_status_announces_who_answered_or_came_online_and_script_mode_prints_none_of_it() {
+        let mut c = core();
+        c.handle(
+            sid_status("accepted", "accepted offline", "invited offline"),
+            0,
+        );
+        let out = c.handle(
+            sid_status("accepted", "accepted online", "accepted offline"),
+            0,
+        );
+        assert_eq!(
+            events(out),
+            [
+                Event::Presence {
+                    sid: SID,
+                    name: "bob".into(),
+                    online: true
+                },
+                Event::MemberAnswered {
+                    sid: SID,
+                    name: "dave".into(),
+                    accepted: true
+                }
+            ]
+        );
+        let out = c.handle(
+            sid_status("accepted", "accepted offline", "accepted offline"),
+            0,
+        );
+        assert!(show(out).is_empty(), "no line in script mode");
+    }
+
+    #[test]
+    fn in_script_mode_plain_lines_are_messages_only_after_join() {
+        let mut c = core();
+        let sid = encoding::id_hex(SID);
+        c.handle(
+            sid_status("accepted", "accepted online", "invited offline"),
+            0,
+        );
+        c.handle(line(&format!("/accept {sid}")), 0);
+        assert_eq!(c.current(), None);
+        assert!(show(c.handle(line("hello"), 0))[0].starts_with("error hello unknown command;"));
+        assert_eq!(
+            show(c.handle(line("/join 5e5"), 0)),
+            [format!("joined {sid}")]
+        );
+        assert_eq!(
+            show(c.handle(line("hello"), 0)),
+            [format!("error msg {sid} nobody to encrypt to yet")]
+        );
+    }
+
+    #[test]
+    fn an_answer_to_a_session_never_heard_of_waits_for_the_servers_word() {
+        let mut c = core();
+        let unknown = 0x7777_0000_0000_0001;
+        assert_eq!(
+            show(c.handle(line("/accept 7777000000000001"), 0)),
+            ["> StatusReq 7777000000000001 "]
+        );
+        c.handle(Input::EndOfInput, 0);
+        assert_eq!(
+            show(c.handle(
+                frame(MsgType::StatusRes, unknown, "error: not a participant"),
+                0
+            )),
+            [
+                "error accept 7777000000000001 not a participant",
+                "exit Ok(())"
+            ]
+        );
+        let mut c = core();
+        c.handle(line("/decline 5e55000000000001"), 0);
+        let out = show(c.handle(
+            sid_status("invited", "accepted online", "invited offline"),
+            0,
+        ));
+        assert_eq!(out, ["> InviteRes 5e55000000000001 Deny"]);
+        // A known one is answered at once, as before.
+        assert_eq!(
+            show(c.handle(line("/decline 5e55000000000001"), 0)),
+            ["> InviteRes 5e55000000000001 Deny"]
+        );
+    }
+
+    #[test]
+    fn in_interactive_mode_a_login_learns_the_sessions_quietly() {
+        let mut c = core();
+        c.set_interactive(true);
+        c.handle(Input::Lost("gone".into()), 0);
+        assert_eq!(
+            show(c.handle(Input::Connected { uid: ME }, 0)),
+            ["> StatusReq 0000000000000000 ", "connected"]
+        );
+        assert_eq!(
+            show(c.handle(
+                frame(MsgType::StatusRes, 0, "OK\n5e55000000000001 live alice\n"),
+                0
+            )),
+            ["> StatusReq 5e55000000000001 "]
+        );
+        assert_eq!(c.label(SID).as_deref(), Some("alice"));
+        assert!(show(c.handle(
+            sid_status("accepted", "accepted online", "invited offline"),
+            0
+        ))
+        .is_empty());
+        assert_eq!(c.label(SID).as_deref(), Some("alice,bob,dave"));
+    }
+
+    #[test]
+    fn help_lists_the_commands_one_event_line_each() {
+        let mut c = core();
+        let out = show(c.handle(line("/help"), 0));
+        assert_eq!(out.len(), HELP.len());
+        assert!(out
+            .iter()
+            .all(|l| l.starts_with("help /") || l.starts_with("help SID")));
+    }
+
+    #[test]
+    fn a_name_is_persisted_unique_and_refused_when_it_reads_as_an_id() {
+        let mut c = core();
+        let other = "5e55000000000002";
+        assert_eq!(
+            show(c.handle(line(&format!("/name {other} lunch")), 0)),
+            ["persist Names", "named 5e55000000000002 lunch"]
+        );
+        assert_eq!(c.label(0x5e55_0000_0000_0002).as_deref(), Some("lunch"));
+        assert_eq!(
+            show(c.handle(line("/name 5e55000000000001 lunch"), 0)),
+            ["error name 5e55000000000001 lunch already names 5e55000000000002"]
+        );
+        assert_eq!(
+            show(c.handle(line("/name 5e55000000000001 cafe"), 0)),
+            ["error name 5e55000000000001 a name of hex digits only would read as a session id prefix"]
+        );
+        assert_eq!(
+            show(c.handle(line("/name lunch"), 0)),
+            ["persist Names", "named 5e55000000000002"]
+        );
+        assert_eq!(
+            show(c.handle(line("/name 5e55000000000002"), 0)),
+            ["error name 5e55000000000002 the session has no name"]
+        );
+        // A closed session's name goes with it.
+        c.handle(line("/name 5e55000000000002 lunch"), 0);
+        assert_eq!(
+            show(c.handle(frame(MsgType::CloseReq, 0x5e55_0000_0000_0002, ""), 0)),
+            ["closed 5e55000000000002", "persist Names"]
+        );
+        assert_eq!(c.label(0x5e55_0000_0000_0002), None);
     }
 
     #[test]

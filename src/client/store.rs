@@ -7,9 +7,11 @@
 //! | `known_keys` | the pins ([`crate::pins::PinSet`]) | whole, atomically |
 //! | `seen` | ids of shown messages ([`crate::e2e::ReplayGuard`]) | appended, synced; compacted atomically |
 //! | [`RECEIVED_FILE`] | the last message number handled per session | whole, atomically |
+//! | [`NAMES_FILE`] | the names the user gave sessions ([`super::names`]) | whole, atomically |
 //!
 //! The formats of `known_keys` and `seen` live with their rules (src/pins.rs and
-//! src/e2e.rs); the `received` format is here. Every write is durable before
+//! src/e2e.rs), of `names` with its rules in [`super::names`]; the `received` format
+//! is here. Every write is durable before
 //! [`Store::write`] returns: the core's order (print, persist, then acknowledge) is only
 //! a crash-safety rule if "persisted" means "on disk". This module never prints.
 
@@ -17,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::names::{self, NAMES_FILE};
 use super::state::{Persist, Saved};
 use super::ClientError;
 use crate::crypto::RsaPrivate;
@@ -88,12 +91,16 @@ impl Store {
         let received = std::fs::read_to_string(self.dir.join(RECEIVED_FILE))
             .map(|text| parse_received(&text))
             .unwrap_or_default();
+        let names = std::fs::read_to_string(self.dir.join(NAMES_FILE))
+            .map(|text| names::parse_names(&text))
+            .unwrap_or_default();
         Ok((
             my_key,
             Saved {
                 pins,
                 seen,
                 received,
+                names,
             },
         ))
     }
@@ -112,6 +119,11 @@ impl Store {
                 .map_err(|e| e.to_string()),
             Persist::Pins(set) => pins::save_pins(&self.dir.join(pins::KNOWN_KEYS_FILE), set)
                 .map_err(|e| e.to_string()),
+            Persist::Names(set) => {
+                let path = self.dir.join(NAMES_FILE);
+                fsutil::atomic_write(&path, names::names_text(set).as_bytes(), 0o600)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }
         }
     }
 }
