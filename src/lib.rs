@@ -21,7 +21,12 @@
 //!   order; no I/O), [`client::event`] what it tells the user and the script-mode line
 //!   of each, [`client::store`] its files, and `client` itself the shell of threads,
 //!   connection and stdin/stdout around it. A new client command is parsed and
-//!   handled in [`client::state`]; a new kind of event is added in [`client::event`].
+//!   handled in [`client::state`]; a new kind of event is added in [`client::event`]
+//!   (its script line) and [`client::render`] (how a person sees it). The interactive
+//!   mode's pieces: [`client::names`] (session references and names, pure),
+//!   [`client::editor`] (the input line, pure), [`client::screen`] (the terminal).
+//! - [`terminal`]: terminal modes through `stty` with a guardian process that restores
+//!   them however the process ends; the password prompt of both binaries.
 //!
 //! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
 //! (`mpchat`) is netcat-style. `bin/mpchatd.rs` and `bin/mpchat.rs` hold only

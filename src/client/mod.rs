@@ -2,17 +2,25 @@
 //! backoff), standard input and output, and the config directory's files, around the
 //! I/O-free core in [`state`].
 //!
-//! Threads: one reads stdin lines, one reads and opens frames from the server (it owns
-//! the receiving MTP state); the main thread owns the sending MTP state, the core and
-//! the files, and is the only one that writes to stdout. Each event becomes an
-//! [`Input`] for [`Core::handle`], and the main thread carries out the [`Output`]s it
-//! returns strictly in order, each finished (a line flushed, a file synced) before the
-//! next starts: that order is what makes a crash cost at most a redelivery, never a
-//! lost message (see [`state`]).
+//! Two fronts share one loop: script mode ([`run`]) reads command lines and writes
+//! each event's line ([`Event::script_line`]); interactive mode ([`run_interactive`])
+//! reads a terminal's keys into an input line ([`editor`]) and shows events above it
+//! ([`screen`], [`render`]).
+//!
+//! Threads: one reads stdin (lines, or keys), one reads and opens frames from the
+//! server (it owns the receiving MTP state), and while the connection is away one
+//! logs in again (waiting from half a second, doubling, up to [`RECONNECT_MAX`]); the
+//! main thread owns the sending MTP state, the core and the files, and is the only one
+//! that writes to stdout. Each event becomes an [`Input`] for [`Core::handle`], and the
+//! main thread carries out the [`Output`]s it returns strictly in order, each finished
+//! (a line flushed, a file synced) before the next starts: that order is what makes a
+//! crash cost at most a redelivery, never a lost message (see [`state`]). Lines that
+//! come while the connection is away wait, in order, until it is back.
 //!
 //! This module holds no protocol rule: what a line or a frame means is decided in
 //! [`state`], how a file is laid out in [`store`], [`crate::pins`] and [`crate::e2e`].
-//! It never prints anything but the core's lines on stdout (diagnostics go to the log).
+//! It never prints anything but the core's events on stdout (diagnostics go to the
+//! log).
 
 pub mod editor;
 pub mod event;
@@ -153,6 +161,11 @@ impl Read for Peek<'_> {
 
 /// Connects and logs in. The receiving MTP state is returned for the reader thread.
 fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), ClientError> {
+    login(config, password, dial(config)?)
+}
+
+/// Opens a TCP connection to the server.
+fn dial(config: &Config) -> Result<TcpStream, ClientError> {
     let addrs: Vec<_> = config
         .server
         .to_socket_addrs()
@@ -174,14 +187,22 @@ fn connect(config: &Config, password: &str) -> Result<(Link, mtp::Receiver), Cli
             Err(e) => last = Some(e),
         }
     }
-    let mut stream = stream.ok_or_else(|| {
+    stream.ok_or_else(|| {
         ClientError::Server(format!(
             "cannot connect to {}: {}; check that mpchatd runs there and the port is right",
             config.server,
             last.map(|e| e.to_string())
                 .unwrap_or_else(|| "no address".into())
         ))
-    })?;
+    })
+}
+
+/// Logs in on a new connection.
+fn login(
+    config: &Config,
+    password: &str,
+    mut stream: TcpStream,
+) -> Result<(Link, mtp::Receiver), ClientError> {
     let _ = stream.set_nodelay(true);
     let (frame, expect) = ClientLogin::start(&config.server_key, &config.user, password, now_ns())
         .map_err(|e| {
@@ -568,23 +589,29 @@ pub fn run_interactive(config: Config, password: &str) -> Result<(), ClientError
 /// A core and a connection, logged in.
 type Started = (Core, Store, Link, mtp::Receiver);
 
-/// Loads the config directory, checks the server key is not a user's, and logs in.
+/// Loads the config directory and logs in. A login the server refuses or answers
+/// wrongly, with a server key that is a user's end-to-end key (ours, or one pinned),
+/// is reported as that mix-up.
 fn start(config: &Config, password: &str, interactive: bool) -> Result<Started, ClientError> {
     let store = Store::new(&config.config_dir);
     let (my_key, saved) = store.load()?;
     let mut core = Core::new(&config.user, my_key, saved);
     core.set_interactive(interactive);
-    if let Some(owner) = core.key_owner(&config.server_key) {
+    let stream = dial(config)?;
+    let (link, receiver) = login(config, password, stream).map_err(|e| {
+        let Some(owner) = core.key_owner(&config.server_key) else {
+            return e;
+        };
         let whose = if owner == config.user {
             "your own end-to-end key (key.pub)".to_string()
         } else {
             format!("the end-to-end key of user {}", escape(owner))
         };
-        return Err(ClientError::Config(format!(
-            "the --server-key file holds {whose}, not the server's key: pass server.pub from the server's state directory (ask its operator)"
-        )));
-    }
-    let (link, receiver) = connect(config, password)?;
+        ClientError::Config(format!(
+            "login to {} failed: the --server-key file holds {whose}, not the server's key; pass server.pub from the server's state directory (ask its operator)",
+            config.server
+        ))
+    })?;
     Ok((core, store, link, receiver))
 }
 
