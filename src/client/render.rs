@@ -81,12 +81,11 @@ impl View<'_> {
         }
     }
 
-    /// What to type for a session: its short name if it has one, else its first
-    /// eight hex digits.
+    /// What to type for a session: its first eight hex digits, a prefix no other
+    /// session shares in practice (a short name may be shared: two invitations from
+    /// the same person).
     fn reference(&self, sid: u64) -> String {
-        (self.label)(sid)
-            .map(|l| escape(&l))
-            .unwrap_or_else(|| id_hex(sid)[..8].to_string())
+        id_hex(sid)[..8].to_string()
     }
 
     fn stamp(&self, ms: u64) -> String {
@@ -186,14 +185,18 @@ pub fn render(event: &Event, v: &View<'_>) -> Vec<String> {
         Event::Init { sid } => line(format!(
             "session {} is live; /name {} NAME gives it a name",
             id_hex(*sid),
-            &id_hex(*sid)[..8]
+            v.reference(*sid)
         )),
         Event::Invite { sid, from } => {
             let from = from.as_deref().map_or_else(|| "someone".into(), |f| v.who(f));
             let r = v.reference(*sid);
+            let with = match (v.label)(*sid) {
+                Some(label) => format!(" (with {})", escape(&label)),
+                None => String::new(),
+            };
             line(format!(
-                "{from} invites you to {}: /accept {r} or /decline {r}",
-                v.session_with_id(*sid)
+                "{from} invites you to {}{with}: /accept {r} or /decline {r}",
+                id_hex(*sid)
             ))
         }
         Event::Msg {
