@@ -15,6 +15,10 @@ usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
        mpchatd passwd NAME [--state-dir DIR] [--password-stdin] [--iterations N]
        mpchatd userdel NAME [--state-dir DIR]
        mpchatd users [--state-dir DIR]
+       mpchatd who | stats [--state-dir DIR]
+       mpchatd backup DEST [--state-dir DIR]
+       mpchatd rotate-key | retire-key [--state-dir DIR]
+       mpchatd SUBCOMMAND --help
        mpchatd --help | --version
 
 Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
@@ -52,23 +56,141 @@ const SERVE_OPTS: &[&str] = &[
     "--max-group",
 ];
 
+/// The subcommands that act on a server's state, with their help text.
+const OPS: &[(&str, &str)] = &[
+    (
+        "who",
+        "usage: mpchatd who [--state-dir DIR]\n\n\
+         Lists the users online on the server running on DIR, one a line: name,\n\
+         address and login time (UTC). Fails when no server runs there.",
+    ),
+    (
+        "stats",
+        "usage: mpchatd stats [--state-dir DIR]\n\n\
+         Prints what the server running on DIR holds, one NAME VALUE a line:\n\
+         connections, logins in progress, users online, sessions, backlog messages\n\
+         and bytes, bound keys, journal and snapshot sizes. Fails when no server runs.",
+    ),
+    (
+        "backup",
+        "usage: mpchatd backup DEST [--state-dir DIR]\n\n\
+         Makes a consistent copy of the state in DIR (sessions, messages, accounts and\n\
+         keys) in DEST, a new or empty directory, made mode 0700. A running server\n\
+         writes it without stopping; a stopped one is copied under its lock. Restore by\n\
+         starting mpchatd with --state-dir DEST (or moving DEST in place of DIR).",
+    ),
+    (
+        "rotate-key",
+        "usage: mpchatd rotate-key [--state-dir DIR]\n\n\
+         Makes a new server key in server.key and server.pub; the old one moves to\n\
+         server.old.key and is still accepted. Hand the new server.pub to every user,\n\
+         then run mpchatd retire-key. Works with the server running or stopped.",
+    ),
+    (
+        "retire-key",
+        "usage: mpchatd retire-key [--state-dir DIR]\n\n\
+         Stops accepting the key that rotate-key replaced, and deletes server.old.key.\n\
+         Works with the server running or stopped.",
+    ),
+];
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let sub = args.first().and_then(|a| a.to_str()).map(str::to_string);
+    // The subcommands print what they did; the log says only what went wrong.
+    let level = match sub.as_deref() {
+        Some(s) if OPS.iter().any(|(name, _)| *name == s) => "warn",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
         .init();
-    cli::exit_status("mpchatd", run())
+    cli::exit_status("mpchatd", run(args, sub))
 }
 
-fn run() -> Result<(), Failure> {
-    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
-    let sub = args.first().and_then(|a| a.to_str()).map(str::to_string);
+fn run(mut args: Vec<std::ffi::OsString>, sub: Option<String>) -> Result<(), Failure> {
     match sub.as_deref() {
         Some("useradd") | Some("passwd") | Some("userdel") | Some("users") => {
             args.remove(0);
             admin(sub.as_deref().unwrap_or_default(), args)
         }
+        Some(s) if OPS.iter().any(|(name, _)| *name == s) => {
+            args.remove(0);
+            ops(s, args)
+        }
         _ => serve(args),
     }
+}
+
+/// who, stats, backup, rotate-key, retire-key, reset-key.
+fn ops(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
+    let p = format!("mpchatd {sub}");
+    let help = OPS
+        .iter()
+        .find(|(name, _)| *name == sub)
+        .map_or("", |(_, h)| h);
+    let mut state_dir = PathBuf::from(server::DEFAULT_STATE_DIR);
+    let mut positional = Vec::new();
+    for arg in cli::parse(&p, args, &["--state-dir"], &["--help"])? {
+        match arg {
+            Arg::Pos(x) => positional.push(x),
+            Arg::Opt(name, value) => match name.as_str() {
+                "--help" => {
+                    println!("{help}");
+                    return Ok(());
+                }
+                "--state-dir" => state_dir = PathBuf::from(value.unwrap_or_default()),
+                _ => unreachable!("cli::parse only returns listed options"),
+            },
+        }
+    }
+    let wants = match sub {
+        "backup" => Some("a destination directory"),
+        "reset-key" => Some("a user name"),
+        _ => None,
+    };
+    match (wants, positional.len()) {
+        (Some(what), n) if n != 1 => {
+            return Err(Failure::Usage(format!(
+                "{p}: give exactly one argument, {what}; see {p} --help"
+            )))
+        }
+        (None, n) if n != 0 => {
+            return Err(Failure::Usage(format!(
+                "{p}: takes no argument; see {p} --help"
+            )))
+        }
+        _ => {}
+    }
+    let rt = |e: server::ops::OpsError| Failure::Runtime(e.to_string());
+    let lines = match sub {
+        "who" => server::ops::who(&state_dir).map_err(rt)?,
+        "stats" => server::ops::stats(&state_dir).map_err(rt)?,
+        "rotate-key" => server::ops::rotate_key(&state_dir).map_err(rt)?,
+        "retire-key" => server::ops::retire_key(&state_dir).map_err(rt)?,
+        _ => {
+            let dest = PathBuf::from(&positional[0]);
+            let report = server::ops::backup(&state_dir, &dest).map_err(rt)?;
+            let mut line = format!(
+                "backed up {} to {}: {} sessions, every record up to {}",
+                state_dir.display(),
+                dest.display(),
+                report.sessions,
+                report.lsn
+            );
+            if let Some(paused) = report.paused {
+                line.push_str(&format!(
+                    "; the running server paused {} µs for it",
+                    paused.as_micros()
+                ));
+            }
+            vec![line]
+        }
+    };
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
 }
 
 fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
@@ -78,7 +200,7 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
         let (name, value) = match arg {
             Arg::Pos(x) => {
                 return Err(Failure::Usage(format!(
-                    "mpchatd: unexpected argument {x:?}; subcommands are useradd, passwd, userdel and users; see mpchatd --help"
+                    "mpchatd: unexpected argument {x:?}; subcommands are useradd, passwd, userdel, users, who, stats, backup, rotate-key, retire-key and reset-key; see mpchatd --help"
                 )))
             }
             Arg::Opt(name, value) => (name, value.unwrap_or_default()),

@@ -38,6 +38,7 @@ pub mod accounts;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod control;
 pub mod crypto;
 pub mod e2e;
 pub mod encoding;

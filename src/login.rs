@@ -406,25 +406,50 @@ impl ExpectLoginReq {
     /// opens `epd || mac` with `tk` and nonce(1, client-to-server) and parses the
     /// payload strictly. Touches no shared state.
     pub fn open(server_key: &RsaPrivate, frame: &[u8]) -> Result<OpenedLogin, LoginError> {
+        Self::open_any(&[server_key], frame)
+    }
+
+    /// [`ExpectLoginReq::open`] for a server that accepts several keys (during a key
+    /// rollover: the new one and the one it replaces). The `etk` is decrypted under
+    /// every key and the body opened once per key (with a dummy key where the
+    /// decryption failed), whatever the outcome, so neither the time nor the error
+    /// tells which key the request was for or whether any was right: every failure
+    /// is the same [`LoginError::Decrypt`] or mac failure as with one key. The first
+    /// key under which the body authenticates wins.
+    pub fn open_any(server_keys: &[&RsaPrivate], frame: &[u8]) -> Result<OpenedLogin, LoginError> {
         let header = login_header(frame, MsgType::LOGIN_REQ, mtp::MIN_LOGIN_FRAME_LEN)?;
         if frame.len() > mtp::MIN_LOGIN_FRAME_LEN + MAX_LOGIN_REQ_PAYLOAD_LEN {
             return Err(LoginError::Malformed("longer than any valid login request"));
         }
         let (body, etk) = frame[HEADER_LEN..].split_at(frame.len() - HEADER_LEN - ETK_LEN);
 
-        let tk_bytes: Option<Zeroizing<[u8; TK_LEN]>> = server_key
-            .oaep_decrypt(etk)
-            .ok()
-            .and_then(|plain| <[u8; TK_LEN]>::try_from(plain.as_slice()).ok())
-            .map(Zeroizing::new);
+        let decrypted: Vec<Option<Zeroizing<[u8; TK_LEN]>>> = server_keys
+            .iter()
+            .map(|key| {
+                key.oaep_decrypt(etk)
+                    .ok()
+                    .and_then(|plain| <[u8; TK_LEN]>::try_from(plain.as_slice()).ok())
+                    .map(Zeroizing::new)
+            })
+            .collect();
         // Whether the etk decrypted or not, the same AEAD work follows, so the time to
         // close the connection tells nothing about the RSA step (the decrypted key of a
         // failed etk is replaced by a dummy and the outcome discarded).
-        let tk = AeadKey::new(tk_bytes.as_deref().copied().unwrap_or([0; TK_LEN]));
-        let opened = mtp::open_body(&tk, Direction::ClientToServer, &header, body);
-        if tk_bytes.is_none() {
-            return Err(LoginError::Decrypt);
+        let mut found: Option<(AeadKey, Result<Vec<u8>, MtpError>)> = None;
+        for tk_bytes in &decrypted {
+            let tk = AeadKey::new(tk_bytes.as_deref().copied().unwrap_or([0; TK_LEN]));
+            let opened = mtp::open_body(&tk, Direction::ClientToServer, &header, body);
+            if tk_bytes.is_none() {
+                continue;
+            }
+            let better = matches!((&found, &opened), (None, _) | (Some((_, Err(_))), Ok(_)));
+            if better {
+                found = Some((tk, opened));
+            }
         }
+        let Some((tk, opened)) = found else {
+            return Err(LoginError::Decrypt);
+        };
         let payload = Zeroizing::new(opened?);
         OpenedLogin::parse(tk, &payload)
     }
@@ -687,6 +712,40 @@ mod tests {
 
     fn parse(payload: &str) -> Result<OpenedLogin, LoginError> {
         OpenedLogin::parse(AeadKey::new([5; 32]), payload.as_bytes())
+    }
+
+    #[test]
+    fn a_request_for_either_accepted_key_opens_and_one_for_neither_fails_the_same_way() {
+        let (a, b, c) = (
+            RsaPrivate::generate(2048).unwrap(),
+            RsaPrivate::generate(2048).unwrap(),
+            RsaPrivate::generate(2048).unwrap(),
+        );
+        let request = |key: &RsaPrivate| {
+            ClientLogin::start(&key.public(), "alice", "pw", 1_764_000_000_000_000_000)
+                .unwrap()
+                .0
+        };
+        for key in [&a, &b] {
+            let opened = ExpectLoginReq::open_any(&[&a, &b], &request(key)).unwrap();
+            assert_eq!(opened.username(), "alice");
+        }
+        let for_c = request(&c);
+        assert_eq!(
+            ExpectLoginReq::open_any(&[&a, &b], &for_c).unwrap_err(),
+            LoginError::Decrypt
+        );
+        assert_eq!(
+            ExpectLoginReq::open(&a, &for_c).unwrap_err(),
+            LoginError::Decrypt
+        );
+        // A body altered after the etk: the mac fails, under one key or two.
+        let mut altered = request(&b);
+        altered[HEADER_LEN] ^= 1;
+        let one = ExpectLoginReq::open(&b, &altered).unwrap_err();
+        let two = ExpectLoginReq::open_any(&[&a, &b], &altered).unwrap_err();
+        assert_eq!(one, two);
+        assert!(matches!(two, LoginError::BadFrame(_)), "{two:?}");
     }
 
     #[test]

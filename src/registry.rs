@@ -668,6 +668,53 @@ impl Registry {
     }
 }
 
+/// Counts for `mpchatd stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Users with a connection.
+    pub online: usize,
+    /// Live sessions.
+    pub live: usize,
+    /// Sessions waiting for their invitees.
+    pub pending: usize,
+    /// Closed sids remembered.
+    pub closed: usize,
+    /// Stored messages not yet acknowledged by every recipient.
+    pub backlog_messages: usize,
+    /// Their envelope bytes.
+    pub backlog_bytes: usize,
+    /// Accounts with a bound end-to-end key.
+    pub bound_keys: usize,
+}
+
+/// What the operator's commands (`who`, `stats`) read.
+impl Registry {
+    /// The id of `uid`'s current connection, if online.
+    pub fn online_conn(&self, uid: u64) -> Option<u64> {
+        self.online.get(&uid).map(|c| c.id)
+    }
+
+    /// Counts of users, sessions and backlog. Walks every session: for an
+    /// operator's occasional question, not for request paths.
+    pub fn stats(&self) -> RegistryStats {
+        let mut st = RegistryStats {
+            online: self.online.len(),
+            closed: self.sessions.closed_sids().count(),
+            ..RegistryStats::default()
+        };
+        for s in self.sessions.iter() {
+            if s.live {
+                st.live += 1;
+            } else {
+                st.pending += 1;
+            }
+            st.backlog_messages += s.messages.len();
+            st.backlog_bytes += s.backlog_bytes;
+        }
+        st
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The registry driven in memory: fake connections are the registry's own

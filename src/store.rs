@@ -1364,6 +1364,18 @@ impl fmt::Debug for Journal {
     }
 }
 
+/// Writes `snapshot` as the snapshot file of `dir` (a backup's directory), with the
+/// same atomic replacement as a compaction's. The caller makes sure every record up
+/// to the snapshot's LSN is stored before it calls the copy consistent.
+pub fn write_snapshot_to(dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    write_snapshot(
+        dir,
+        snapshot.lsn,
+        snapshot.sessions.iter(),
+        snapshot.closed.iter().copied(),
+    )
+}
+
 /// Session state captured for a snapshot (cheap: envelopes are shared, not copied).
 pub struct Snapshot {
     lsn: u64,
@@ -1385,6 +1397,11 @@ impl Snapshot {
     /// The LSN the snapshot includes.
     pub fn lsn(&self) -> u64 {
         self.lsn
+    }
+
+    /// The number of sessions (live or pending) it holds.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 }
 

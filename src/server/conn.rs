@@ -47,6 +47,7 @@ pub(super) fn connection(
     // The user counts as online (invites, pushes) before login_res is sent: the
     // writer sends login_res before anything queued here.
     shared.with_registry(|reg| reg.login(uid, conn));
+    shared.who.enter(id, uid, &name, peer);
     log::info!("{peer}: {name} logged in");
     let sh = shared.clone();
     let sender = est.sender;
@@ -62,6 +63,7 @@ pub(super) fn connection(
             let me = Requester { uid, conn: id };
             reader::serve(&sh, &stream, peer, me, &name, receiver);
             sh.with_registry(|reg| reg.logout(uid, id));
+            sh.who.leave(id);
             let _ = stream.shutdown(Shutdown::Both);
             log::info!("{peer}: {name} disconnected");
             drop(total);
@@ -70,5 +72,6 @@ pub(super) fn connection(
     if !matches!(reader_spawned, Some(Ok(_))) {
         log::warn!("{peer}: cannot start the connection's threads");
         shared.with_registry(|reg| reg.logout(uid, id));
+        shared.who.leave(id);
     }
 }

@@ -185,6 +185,11 @@ impl<H> Prelogin<H> {
         lock(&self.table).contains_key(&id)
     }
 
+    /// Connections in the table: those still logging in.
+    pub(super) fn len(&self) -> usize {
+        lock(&self.table).len()
+    }
+
     /// Takes connection `id` out of the table (it logged in, or it ended).
     pub(super) fn leave(&self, id: u64) {
         lock(&self.table).remove(&id);

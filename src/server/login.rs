@@ -68,7 +68,9 @@ pub(super) fn login(
             return None;
         }
     };
-    let opened = match ExpectLoginReq::open(&shared.key, &frame) {
+    // During a key rollover both keys are tried, the same way whichever is right.
+    let keys = shared.keys();
+    let opened = match ExpectLoginReq::open_any(&keys.all(), &frame) {
         Ok(o) => o,
         Err(e) => {
             shared

@@ -14,6 +14,11 @@
 //! - `journal`: the journal thread (group commit; error replies and reload after a
 //!   failed write);
 //! - `timers`: the invite-wait timer thread;
+//! - `keys`: the server keys and their rollover (`rotate-key`, `retire-key`);
+//! - `control`: the control socket's thread (`who`, `stats`, `backup`, key
+//!   rollover, `reset-key`) and the table of who is online;
+//! - `backup`: consistent copies of the state, from the running server or a stopped
+//!   one; `ops`: the operator's subcommands, through the control socket or offline;
 //! - `error`: why the server cannot start ([`StartError`]) or stops ([`RunError`]).
 //!
 //! Untrusted bytes are parsed only in the connection's own threads. Counts are kept
@@ -25,11 +30,15 @@
 //! parse untrusted bytes on the accept loop, or end the process: a fatal condition is
 //! returned from [`Server::run`] for the binary to report.
 
+mod backup;
 mod conn;
+mod control;
 mod error;
 mod journal;
+pub mod keys;
 mod limits;
 mod login;
+pub mod ops;
 mod reader;
 mod state_dir;
 mod timers;
@@ -37,14 +46,14 @@ mod writer;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver as ChanReceiver};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::accounts::{PasswordGate, UsersFile};
-use crate::crypto::RsaPrivate;
 use crate::login::{self as handshake, ReplayCache};
 use crate::registry::Registry;
 use crate::session::Limits;
@@ -53,6 +62,7 @@ use crate::threads::{ThreadCache, IDLE_THREAD_LINGER};
 
 pub use error::{RunError, StartError};
 use journal::{Batch, Inflight};
+use keys::ServerKeys;
 pub use limits::{connection_capacity, MAPS_PER_CONNECTION, PRELOGIN_EVICT_AGE};
 use limits::{Entry, Prelogin, PreloginGuard, TotalGuard, WarnLimiter};
 pub use state_dir::{load_server_key, LOCK_FILE, SERVER_KEY_FILE, SERVER_PUB_FILE};
@@ -141,7 +151,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What every thread of the server shares.
 struct Shared {
     config: Config,
-    key: RsaPrivate,
+    /// The keys logins are accepted under; replaced whole by a key rollover.
+    keys: RwLock<Arc<ServerKeys>>,
+    /// Who is online, with address and login time (for `mpchatd who`).
+    who: control::WhoTable,
     users: UsersFile,
     gate: PasswordGate,
     replay: Mutex<ReplayCache>,
@@ -160,6 +173,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// The keys logins are accepted under now.
+    fn keys(&self) -> Arc<ServerKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Accepts logins under `keys` from now on.
+    fn set_keys(&self, keys: ServerKeys) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
     /// Runs `f` on the locked registry, then closes the connections it doomed, after
     /// the lock is released.
     fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
@@ -231,6 +254,8 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     journal: Option<(Journal, ChanReceiver<Batch>)>,
+    /// The control socket, until its thread takes it (none if it could not be made).
+    control: Option<UnixListener>,
     /// Held for the life of the process.
     _state_lock: std::fs::File,
 }
@@ -244,15 +269,24 @@ impl Server {
             source,
         })?;
         let state_lock = state_dir::lock_state_dir(&config.state_dir)?;
-        let (key, created) = load_server_key(&config.state_dir)?;
-        let fp = key.public().fingerprint();
+        let (keys, created) = keys::load(&config.state_dir)?;
         if created {
             log::info!(
                 "created server key {}",
                 config.state_dir.join(SERVER_KEY_FILE).display()
             );
         }
-        log::info!("server key fingerprint {fp}");
+        log::info!(
+            "server key fingerprint {}",
+            keys.current.public().fingerprint()
+        );
+        if let Some(old) = &keys.previous {
+            log::info!(
+                "also accepting the previous server key {} until mpchatd retire-key",
+                old.public().fingerprint()
+            );
+        }
+        backup::remove_leftovers(&config.state_dir);
         let users = UsersFile::open(&config.state_dir).map_err(|source| StartError::Accounts {
             dir: config.state_dir.clone(),
             source,
@@ -262,9 +296,23 @@ impl Server {
             store::recover(&config.state_dir, config.limits).map_err(StartError::Recover)?;
         let sessions = recovered.sessions;
         limits::fit_connections_to_map_count(&mut config);
+        // Without the control socket the server still serves; only the operator's
+        // commands that need the running server (who, stats, an online backup) fail,
+        // and they say so.
+        let control = match control::bind(&config.state_dir) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::error!(
+                    "cannot make the control socket {}: {e}; mpchatd who, stats, backup and the key commands will not reach this server",
+                    crate::control::socket_path(&config.state_dir).display()
+                );
+                None
+            }
+        };
         let (journal_tx, journal_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            key,
+            keys: RwLock::new(Arc::new(keys)),
+            who: control::WhoTable::default(),
             users,
             gate: PasswordGate::new(),
             replay: Mutex::new(ReplayCache::new(handshake::REPLAY_CACHE_CAPACITY)),
@@ -292,6 +340,7 @@ impl Server {
             listener,
             shared,
             journal: Some((recovered.journal, journal_rx)),
+            control,
             _state_lock: state_lock,
         })
     }
@@ -303,7 +352,7 @@ impl Server {
 
     /// The server key's fingerprint.
     pub fn fingerprint(&self) -> String {
-        self.shared.key.public().fingerprint()
+        self.shared.keys().current.public().fingerprint()
     }
 
     /// Serves until the server cannot go on: starts the journal and timer threads and
@@ -342,6 +391,12 @@ impl Server {
         let shared = self.shared.clone();
         if let Err(e) = spawn("timers", Box::new(move || timers::run(&shared))) {
             return e;
+        }
+        if let Some(listener) = self.control.take() {
+            let shared = self.shared.clone();
+            if let Err(e) = spawn("control", Box::new(move || control::run(&shared, listener))) {
+                return e;
+            }
         }
         // The accept loop has a thread of its own, so that this one can wait for a
         // reason to stop: a blocking accept cannot be interrupted.

@@ -386,9 +386,19 @@ impl Raw {
 
     /// Connects and logs in; `None` if the server closes the connection instead.
     pub fn try_login(server: &Server, user: &str, password: &str) -> Option<Raw> {
+        Raw::try_login_with_key(server, &server.public_key(), user, password)
+    }
+
+    /// [`Raw::try_login`] with the login request encrypted to `server_key` (which
+    /// need not be the one in the server's `server.pub`).
+    pub fn try_login_with_key(
+        server: &Server,
+        server_key: &RsaPublic,
+        user: &str,
+        password: &str,
+    ) -> Option<Raw> {
         let mut stream = TcpStream::connect(server.addr).ok()?;
-        let (frame, expect) =
-            ClientLogin::start(&server.public_key(), user, password, now_ns()).ok()?;
+        let (frame, expect) = ClientLogin::start(server_key, user, password, now_ns()).ok()?;
         stream.write_all(&frame).ok()?;
         stream.set_read_timeout(Some(WAIT)).ok()?;
         let reply = mtp::read_frame(&mut stream).ok()?;
