@@ -18,6 +18,7 @@ usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
        mpchatd who | stats [--state-dir DIR]
        mpchatd backup DEST [--state-dir DIR]
        mpchatd rotate-key | retire-key [--state-dir DIR]
+       mpchatd reset-key NAME [--state-dir DIR]
        mpchatd SUBCOMMAND --help
        mpchatd --help | --version
 
@@ -91,6 +92,13 @@ const OPS: &[(&str, &str)] = &[
         "usage: mpchatd retire-key [--state-dir DIR]\n\n\
          Stops accepting the key that rotate-key replaced, and deletes server.old.key.\n\
          Works with the server running or stopped.",
+    ),
+    (
+        "reset-key",
+        "usage: mpchatd reset-key NAME [--state-dir DIR]\n\n\
+         Clears the end-to-end key bound to account NAME (a user who lost their key);\n\
+         the next key the account presents is bound. Works with the server running or\n\
+         stopped.",
     ),
 ];
 
@@ -168,6 +176,15 @@ fn ops(sub: &str, args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
         "stats" => server::ops::stats(&state_dir).map_err(rt)?,
         "rotate-key" => server::ops::rotate_key(&state_dir).map_err(rt)?,
         "retire-key" => server::ops::retire_key(&state_dir).map_err(rt)?,
+        "reset-key" => {
+            let name = &positional[0];
+            if !mpchat::names::valid_username(name) {
+                return Err(Failure::Usage(format!(
+                    "{p}: invalid user name {name:?}; see {p} --help"
+                )));
+            }
+            server::ops::reset_key(&state_dir, name).map_err(rt)?
+        }
         _ => {
             let dest = PathBuf::from(&positional[0]);
             let report = server::ops::backup(&state_dir, &dest).map_err(rt)?;

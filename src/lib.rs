@@ -27,6 +27,12 @@
 //!   [`client::editor`] (the input line, pure), [`client::screen`] (the terminal).
 //! - [`terminal`]: terminal modes through `stty` with a guardian process that restores
 //!   them however the process ends; the password prompt of both binaries.
+//! - [`bindings`]: one end-to-end key per account, bound by the server at first use;
+//!   the key replacement proof. Its records live with the sessions ([`session`],
+//!   [`store`]); [`upgrade`] migrates a state of the format before them.
+//! - [`control`]: the control socket's wire form and client (`mpchatd who`, `stats`,
+//!   `backup`, `rotate-key`, `retire-key`, `reset-key`); the server's side and the
+//!   offline fallbacks are in [`server`].
 //!
 //! The server (`mpchatd`) runs a thread per connection on `std::net`; the client
 //! (`mpchat`) is netcat-style. `bin/mpchatd.rs` and `bin/mpchat.rs` hold only
@@ -35,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod bindings;
 pub mod cli;
 pub mod client;
 pub mod codec;
@@ -55,3 +62,4 @@ pub mod session;
 pub mod store;
 pub mod terminal;
 pub mod threads;
+pub mod upgrade;

@@ -200,6 +200,19 @@ pub enum Reason {
     UnknownUser(String),
     /// *Fixed*: `you cannot invite yourself`.
     CannotInviteSelf,
+    /// *Fixed*: `key belongs to another user`: the key in an init_req (or a key
+    /// replacement) is bound to another account.
+    KeyOfAnotherUser,
+    /// *Fixed*: `key differs from the one bound to your account`: an init_req with
+    /// another key than the account's; replace the key explicitly
+    /// ([`KeyReplaceReq`]) or have an administrator clear the binding.
+    KeyDiffers,
+    /// *Fixed*: `key replacement not signed by your current key`: the proof of a
+    /// [`KeyReplaceReq`] does not verify with the account's bound key.
+    ReplacementNotSigned,
+    /// `malformed key replacement`: an init_req whose first line has a space but is
+    /// not exactly `<key> <proof>\n`.
+    MalformedReplacement,
     /// `duplicate invitee NAME`.
     DuplicateInvitee(String),
     /// `too many participants (the limit is N)`, N counting the creator.
@@ -244,7 +257,7 @@ pub enum NotStored {
 }
 
 /// The reasons without parameters, for decoding by exact match.
-const UNIT_REASONS: [Reason; 21] = [
+const UNIT_REASONS: [Reason; 25] = [
     Reason::NotAParticipant,
     Reason::SessionClosed,
     Reason::NotLive,
@@ -254,6 +267,10 @@ const UNIT_REASONS: [Reason; 21] = [
     Reason::TooLarge,
     Reason::BacklogFull,
     Reason::CannotInviteSelf,
+    Reason::KeyOfAnotherUser,
+    Reason::KeyDiffers,
+    Reason::ReplacementNotSigned,
+    Reason::MalformedReplacement,
     Reason::NoInvitees,
     Reason::InvalidUserName,
     Reason::MissingKey,
@@ -281,6 +298,10 @@ impl Reason {
             Reason::TooLarge => "message too large",
             Reason::BacklogFull => "backlog full",
             Reason::CannotInviteSelf => "you cannot invite yourself",
+            Reason::KeyOfAnotherUser => "key belongs to another user",
+            Reason::KeyDiffers => "key differs from the one bound to your account",
+            Reason::ReplacementNotSigned => "key replacement not signed by your current key",
+            Reason::MalformedReplacement => "malformed key replacement",
             Reason::NoInvitees => "no invitees",
             Reason::InvalidUserName => "invalid user name in invitee list",
             Reason::MissingKey => "missing public key",
@@ -587,6 +608,84 @@ impl InitReq {
             key: key.to_string(),
             invitees,
         })
+    }
+}
+
+/// The longest proof text accepted in a key replacement: the base64 of a 4096-bit
+/// RSA signature (512 bytes) is 684 characters.
+pub const MAX_PROOF_TEXT_LEN: usize = 684;
+
+/// init_req (client to server, sid 0) replacing the account's end-to-end key:
+/// exactly `<new_public_key> <proof>\n`, one line, where the proof is the base64 of
+/// an RSA-PSS signature by the key bound to the account (see
+/// [`crate::bindings::replacement_proof`]). No conforming client sends a key line
+/// with a space otherwise, so the space tells it from a session's creation. Answered
+/// init_res sid 0 `OK`, or `error: <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyReplaceReq {
+    /// The new public key (its RSA validity is the server's check).
+    pub key: String,
+    /// The proof, base64 (standard, padded).
+    pub proof: String,
+}
+
+impl KeyReplaceReq {
+    /// The message type.
+    pub const TYPE: MsgType = MsgType::InitReq;
+
+    /// The payload, `<key> <proof>\n`.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{} {}\n", self.key, self.proof).into_bytes()
+    }
+
+    /// Parses the payload: one line ending in `\n`, a key and a proof in base64
+    /// separated by one space. The error is the reply's reason.
+    pub fn decode(payload: &[u8]) -> Result<KeyReplaceReq, Reason> {
+        if payload.len() > MAX_KEY_TEXT_LEN + 1 + MAX_PROOF_TEXT_LEN + 1 {
+            return Err(Reason::MalformedReplacement);
+        }
+        let text = std::str::from_utf8(payload).map_err(|_| Reason::InitNotUtf8)?;
+        let line = text
+            .strip_suffix('\n')
+            .filter(|l| !l.contains('\n'))
+            .ok_or(Reason::MalformedReplacement)?;
+        let (key, proof) = line.split_once(' ').ok_or(Reason::MalformedReplacement)?;
+        let key = key_text(key).map_err(|_| Reason::InvalidKey)?;
+        if proof.is_empty()
+            || proof.len() > MAX_PROOF_TEXT_LEN
+            || !proof
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        {
+            return Err(Reason::MalformedReplacement);
+        }
+        Ok(KeyReplaceReq {
+            key: key.to_string(),
+            proof: proof.to_string(),
+        })
+    }
+}
+
+/// An init_req payload: a session's creation or the replacement of the account's
+/// key, told apart by a space in the first line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitRequest {
+    /// `<public_key>\n<user_1>\n...`: create a session.
+    Create(InitReq),
+    /// `<new_public_key> <proof>\n`: replace the account's key.
+    ReplaceKey(KeyReplaceReq),
+}
+
+impl InitRequest {
+    /// Parses an init_req payload of either form (see [`InitReq::decode`] and
+    /// [`KeyReplaceReq::decode`]).
+    pub fn decode(payload: &[u8], max_participants: usize) -> Result<InitRequest, Reason> {
+        let first_line = payload.split(|&b| b == b'\n').next().unwrap_or_default();
+        if first_line.contains(&b' ') {
+            KeyReplaceReq::decode(payload).map(InitRequest::ReplaceKey)
+        } else {
+            InitReq::decode(payload, max_participants).map(InitRequest::Create)
+        }
     }
 }
 
@@ -1395,6 +1494,51 @@ mod tests {
     }
 
     #[test]
+    fn a_key_replacement_is_one_line_of_key_space_proof_and_is_told_from_an_init() {
+        let req = KeyReplaceReq {
+            key: "TUlJQg==".into(),
+            proof: "c2lnbmF0dXJl".into(),
+        };
+        assert_eq!(req.encode(), b"TUlJQg== c2lnbmF0dXJl\n");
+        assert_eq!(KeyReplaceReq::decode(&req.encode()), Ok(req.clone()));
+        assert_eq!(
+            InitRequest::decode(&req.encode(), 100),
+            Ok(InitRequest::ReplaceKey(req))
+        );
+        let init = InitReq {
+            key: "TUlJQg==".into(),
+            invitees: vec!["bob".into()],
+        };
+        assert_eq!(
+            InitRequest::decode(&init.encode(), 100),
+            Ok(InitRequest::Create(init))
+        );
+        for bad in [
+            &b"K P"[..],
+            b"K P\n\n",
+            b"K P\nbob\n",
+            b"K  P\n",
+            b"K P Q\n",
+            b"K \n",
+            b"K P!\n",
+        ] {
+            assert_eq!(
+                InitRequest::decode(bad, 100),
+                Err(Reason::MalformedReplacement),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(KeyReplaceReq::decode(b"K! P\n"), Err(Reason::InvalidKey));
+        assert_eq!(KeyReplaceReq::decode(b" P\n"), Err(Reason::InvalidKey));
+        assert_eq!(KeyReplaceReq::decode(b"K \xff\n"), Err(Reason::InitNotUtf8));
+        let long = format!("K {}\n", "A".repeat(MAX_PROOF_TEXT_LEN + 1));
+        assert_eq!(
+            KeyReplaceReq::decode(long.as_bytes()),
+            Err(Reason::MalformedReplacement)
+        );
+    }
+
+    #[test]
     fn every_reason_decodes_to_itself() {
         let mut all: Vec<Reason> = UNIT_REASONS.to_vec();
         all.extend([
@@ -1426,6 +1570,15 @@ mod tests {
             (Reason::BacklogFull, "backlog full"),
             (Reason::UnknownUser("zed".into()), "unknown user zed"),
             (Reason::CannotInviteSelf, "you cannot invite yourself"),
+            (Reason::KeyOfAnotherUser, "key belongs to another user"),
+            (
+                Reason::KeyDiffers,
+                "key differs from the one bound to your account",
+            ),
+            (
+                Reason::ReplacementNotSigned,
+                "key replacement not signed by your current key",
+            ),
             (
                 Reason::NotStored(NotStored::TryAgain),
                 "the server could not store this; try again",

@@ -711,7 +711,133 @@ impl Registry {
             st.backlog_messages += s.messages.len();
             st.backlog_bytes += s.backlog_bytes;
         }
+        st.bound_keys = self.sessions.bindings().len();
         st
+    }
+}
+
+/// Key bindings (see [`crate::bindings`]): the requests that present a key check it
+/// against the account's binding here, under the lock, and bind a first key with a
+/// record stored before the request takes effect. The key was parsed by the caller
+/// (`der` is its canonical SPKI DER); `exists` says whether an account still exists
+/// (a deleted account's key is free again).
+impl Registry {
+    /// The key bound to `uid`.
+    pub fn binding(&self, uid: u64) -> Option<Arc<[u8]>> {
+        self.sessions.bindings().get(uid).cloned()
+    }
+
+    /// init_req with the key checked against the account's binding: a key another
+    /// account owns, or another key than the account's, is refused with init_res
+    /// `error: ...`; a first key is bound (in the same group commit as the session,
+    /// before init_res).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_bound(
+        &mut self,
+        from: Requester,
+        creator_name: String,
+        creator_key: String,
+        der: &[u8],
+        exists: &dyn Fn(u64) -> bool,
+        invitees: Vec<(u64, String)>,
+        candidate_sids: &[u64],
+    ) -> Followup {
+        if self.refused_while_suspended(from, MsgType::InitRes, 0) {
+            return Followup::default();
+        }
+        let bind = match self.sessions.bindings().check(from.uid, der, exists) {
+            Ok(b) => b,
+            Err(reason) => {
+                self.reply(from, MsgType::InitRes, 0, InitRes::Error(reason).encode());
+                return Followup::default();
+            }
+        };
+        let before = self.next_lsn;
+        let followup = self.init(from, creator_name, creator_key, invitees, candidate_sids);
+        // Bound only if the session was made: a refused init takes no effect at all.
+        if let (Some(key), true) = (bind, self.next_lsn != before) {
+            self.commit(Record::Bind { uid: from.uid, key });
+        }
+        followup
+    }
+
+    /// invite_res with an accepting key checked against the account's binding: a key
+    /// another account owns, or another key than the account's, is treated as an
+    /// invalid key (no reply, no change); a first key is bound. Returns the refusal,
+    /// for the caller's log.
+    pub fn answer_bound(
+        &mut self,
+        from: Requester,
+        sid: u64,
+        answer: InviteRes,
+        der: Option<&[u8]>,
+        exists: &dyn Fn(u64) -> bool,
+    ) -> Result<(), Reason> {
+        if self.suspended {
+            return Ok(());
+        }
+        let bind = match der {
+            Some(der) => self.sessions.bindings().check(from.uid, der, exists)?,
+            None => None,
+        };
+        let before = self.next_lsn;
+        self.answer(from, sid, answer);
+        if let (Some(key), true) = (bind, self.next_lsn != before) {
+            self.commit(Record::Bind { uid: from.uid, key });
+        }
+        Ok(())
+    }
+
+    /// The explicit replacement of `from`'s key by `new_text` (`new_der`), whose proof
+    /// the caller verified outside the lock against `verified_with`, the binding it
+    /// read then (`None`: the account had none, and no proof was needed). Refused if
+    /// the binding changed meanwhile (`key replacement not signed by your current
+    /// key`) or another account owns the new key. Otherwise a `Rekey` record: the
+    /// binding and the account's key in every session it accepted change, init_res
+    /// sid 0 `OK` once stored, and the live sessions' statuses are pushed.
+    pub fn replace_key(
+        &mut self,
+        from: Requester,
+        verified_with: Option<Arc<[u8]>>,
+        new_der: &[u8],
+        exists: &dyn Fn(u64) -> bool,
+    ) {
+        if self.refused_while_suspended(from, MsgType::InitRes, 0) {
+            return;
+        }
+        let current = self.sessions.bindings().get(from.uid).cloned();
+        let checked = if current != verified_with {
+            Err(Reason::ReplacementNotSigned)
+        } else {
+            self.sessions
+                .bindings()
+                .check_replacement(from.uid, new_der, exists)
+        };
+        if let Err(reason) = checked {
+            self.reply(from, MsgType::InitRes, 0, InitRes::Error(reason).encode());
+            return;
+        }
+        if current.as_deref() != Some(new_der) {
+            self.commit(Record::Rekey {
+                uid: from.uid,
+                key: Arc::from(new_der),
+            });
+            self.on_failure(from, MsgType::InitRes, 0);
+            for sid in self.sessions.accepted_sessions(from.uid) {
+                self.push_status(sid);
+            }
+        }
+        self.reply(from, MsgType::InitRes, 0, InitRes::Ok.encode());
+    }
+
+    /// `mpchatd reset-key`: clears `uid`'s binding (an `Unbind` record). Returns
+    /// whether there was one.
+    pub fn reset_binding(&mut self, uid: u64) -> bool {
+        if self.suspended || self.sessions.bindings().get(uid).is_none() {
+            return false;
+        }
+        self.commit(Record::Unbind { uid });
+        true
     }
 }
 
@@ -1302,5 +1428,115 @@ mod tests {
         // Create, Answer, Live, Message.
         assert_eq!(reg.last_lsn(), 4);
         assert_eq!(reg.snapshot().lsn(), 4);
+    }
+
+    fn everyone(_: u64) -> bool {
+        true
+    }
+
+    fn der(uid: u64) -> Vec<u8> {
+        format!("DER-{uid:x}").into_bytes()
+    }
+
+    #[test]
+    fn a_first_key_is_bound_in_the_same_group_as_the_session_and_then_enforced() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 16);
+        let invitees = vec![(B, name(B))];
+        reg.init_bound(
+            a.me,
+            name(A),
+            key(A),
+            &der(A),
+            &everyone,
+            invitees.clone(),
+            &[SID],
+        );
+        let records = store(&mut reg);
+        assert!(matches!(
+            &records[..],
+            [
+                Record::Create { .. },
+                Record::Live { .. },
+                Record::Bind { uid: A, .. }
+            ]
+        ));
+        assert_eq!(reg.binding(A).as_deref(), Some(&der(A)[..]));
+        a.drain();
+        // Another key from alice, and alice's key from bob: refused, nothing stored.
+        reg.init_bound(
+            a.me,
+            name(A),
+            key(A),
+            &der(0xee),
+            &everyone,
+            invitees,
+            &[SID2],
+        );
+        assert!(store(&mut reg).is_empty());
+        assert_eq!(
+            a.drain(),
+            ["InitRes 0 0 error: key differs from the one bound to your account"]
+        );
+        let b = connect(&mut reg, B, 2, 16);
+        let invitees = vec![(C, name(C))];
+        reg.init_bound(
+            b.me,
+            name(B),
+            key(B),
+            &der(A),
+            &everyone,
+            invitees.clone(),
+            &[SID2],
+        );
+        assert!(store(&mut reg).is_empty());
+        assert!(b
+            .drain()
+            .contains(&"InitRes 0 0 error: key belongs to another user".to_string()));
+        // A refused init binds nothing: bob's key is still free afterwards.
+        reg.init_bound(
+            b.me,
+            name(B),
+            key(B),
+            &der(B),
+            &everyone,
+            vec![(B, name(B))],
+            &[SID2],
+        );
+        assert!(store(&mut reg).is_empty());
+        assert_eq!(reg.binding(B), None);
+    }
+
+    #[test]
+    fn a_replacement_checked_against_a_binding_that_changed_since_is_refused() {
+        let mut reg = registry();
+        let a = connect(&mut reg, A, 1, 16);
+        reg.init_bound(
+            a.me,
+            name(A),
+            key(A),
+            &der(A),
+            &everyone,
+            vec![(B, name(B))],
+            &[SID],
+        );
+        store(&mut reg);
+        a.drain();
+        // The proof was checked against no binding, but alice has one now.
+        reg.replace_key(a.me, None, &der(0xee), &everyone);
+        assert!(store(&mut reg).is_empty());
+        assert_eq!(
+            a.drain(),
+            ["InitRes 0 0 error: key replacement not signed by your current key"]
+        );
+        reg.replace_key(a.me, reg.binding(A), &der(0xee), &everyone);
+        let records = store(&mut reg);
+        assert!(matches!(&records[..], [Record::Rekey { uid: A, .. }]));
+        assert!(a.drain().contains(&"InitRes 0 0 OK".to_string()));
+        assert_eq!(reg.binding(A).as_deref(), Some(&der(0xee)[..]));
+        assert!(reg.reset_binding(A));
+        assert!(matches!(store(&mut reg)[..], [Record::Unbind { uid: A }]));
+        assert!(!reg.reset_binding(A));
+        assert_eq!(reg.stats().bound_keys, 0);
     }
 }

@@ -1,4 +1,5 @@
-//! Sessions, participants and the message store: pure data and rules.
+//! Sessions, participants and the message store, and the accounts' key bindings
+//! ([`crate::bindings`]): pure data and rules.
 //!
 //! Every change to session state is an explicit [`Record`]; [`Sessions::apply`] is the
 //! only way state changes, so the same records drive the live server and a journal's
@@ -11,6 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use crate::bindings::Bindings;
+use crate::encoding;
 use crate::proto::{
     Answer, InviteRes, ListLine, ListState, ParticipantLine, Presence, Reason, SessionState,
     SessionStatus, MAX_ENVELOPE_LEN,
@@ -241,10 +244,33 @@ pub enum Record {
         /// Session id.
         sid: u64,
     },
+    /// Account `uid`, which had no key, presented `key` (SPKI DER) for the first
+    /// time: it is bound (see [`crate::bindings`]).
+    Bind {
+        /// The account.
+        uid: u64,
+        /// The key, SubjectPublicKeyInfo DER.
+        key: Arc<[u8]>,
+    },
+    /// An administrator cleared `uid`'s binding (`mpchatd reset-key`).
+    Unbind {
+        /// The account.
+        uid: u64,
+    },
+    /// Account `uid` replaced its key by `key` (a signed replacement, or any key
+    /// after a reset): the binding changes, and so does its key in every session
+    /// where it accepted.
+    Rekey {
+        /// The account.
+        uid: u64,
+        /// The new key, SubjectPublicKeyInfo DER.
+        key: Arc<[u8]>,
+    },
 }
 
 impl Record {
-    /// The session a record is about.
+    /// The session a record is about; 0 for the records about an account's key
+    /// (`Bind`, `Unbind`, `Rekey`).
     pub fn sid(&self) -> u64 {
         match self {
             Record::Create { sid, .. }
@@ -253,17 +279,20 @@ impl Record {
             | Record::Message { sid, .. }
             | Record::Ack { sid, .. }
             | Record::Close { sid } => *sid,
+            Record::Bind { .. } | Record::Unbind { .. } | Record::Rekey { .. } => 0,
         }
     }
 }
 
-/// Every session, the closed sids, and an index from user to sessions.
+/// Every session, the closed sids, an index from user to sessions, and the accounts'
+/// key bindings.
 #[derive(Debug, Default, Clone)]
 pub struct Sessions {
     limits: Limits,
     sessions: HashMap<u64, Session>,
     closed: HashSet<u64>,
     by_user: HashMap<u64, BTreeSet<u64>>,
+    bindings: Bindings,
 }
 
 impl Sessions {
@@ -280,15 +309,19 @@ impl Sessions {
         &self.limits
     }
 
-    /// Rebuilds a store from sessions and closed sids (a snapshot). Every message is
-    /// taken as durable.
+    /// Rebuilds a store from sessions, closed sids and key bindings (a snapshot).
+    /// Every message is taken as durable.
     pub fn from_parts(
         limits: Limits,
         sessions: Vec<Session>,
         closed: impl IntoIterator<Item = u64>,
+        bindings: impl IntoIterator<Item = (u64, Arc<[u8]>)>,
     ) -> Self {
         let mut this = Sessions::new(limits);
         this.closed.extend(closed);
+        for (uid, key) in bindings {
+            this.bindings.rebind(uid, &key);
+        }
         for mut s in sessions {
             s.durable_n = s.last_n;
             for p in &s.participants {
@@ -340,6 +373,11 @@ impl Sessions {
     /// Closed sids (for snapshots).
     pub fn closed_sids(&self) -> impl Iterator<Item = &u64> {
         self.closed.iter()
+    }
+
+    /// The accounts' key bindings.
+    pub fn bindings(&self) -> &Bindings {
+        &self.bindings
     }
 
     /// Sessions `uid` created, accepted or is invited to (not declined), by sid.
@@ -591,7 +629,43 @@ impl Sessions {
                 self.closed.insert(*sid);
                 true
             }
+            Record::Bind { uid, key } => self.bindings.bind(*uid, key),
+            Record::Unbind { uid } => self.bindings.unbind(*uid),
+            Record::Rekey { uid, key } => {
+                self.bindings.rebind(*uid, key);
+                let text = encoding::b64(key);
+                let sids: Vec<u64> = self
+                    .by_user
+                    .get(uid)
+                    .map(|set| set.iter().copied().collect())
+                    .unwrap_or_default();
+                for sid in sids {
+                    let Some(p) = self
+                        .sessions
+                        .get_mut(&sid)
+                        .and_then(|s| s.participant_mut(*uid))
+                    else {
+                        continue;
+                    };
+                    if p.answer == Answer::Accepted {
+                        p.key = Some(text.clone());
+                    }
+                }
+                true
+            }
         }
+    }
+
+    /// The live sessions in which `uid` accepted (whose status changes with its key).
+    pub fn accepted_sessions(&self, uid: u64) -> Vec<u64> {
+        self.sessions_of(uid)
+            .filter(|s| {
+                s.live
+                    && s.participant(uid)
+                        .is_some_and(|p| p.answer == Answer::Accepted)
+            })
+            .map(|s| s.sid)
+            .collect()
     }
 
     /// The sid-0 listing for `uid`: a line per session it created or accepted

@@ -27,7 +27,7 @@
 //! | bytes | field | value |
 //! |---|---|---|
 //! | 0-7 | magic | `MPCJRNL\n` ([`JOURNAL_MAGIC`]) or `MPCSNAP\n` ([`SNAPSHOT_MAGIC`]) |
-//! | 8-11 | version | [`FORMAT_VERSION`] (1); any other version is refused at start-up |
+//! | 8-11 | version | [`FORMAT_VERSION`] (2); version 1 ([`PREVIOUS_FORMAT_VERSION`], before key bindings) is migrated at start-up (see [`crate::upgrade`]), any other is refused |
 //! | 12-19 | file id | 8 random bytes chosen when the file is created |
 //!
 //! Then entries, each framed as
@@ -62,6 +62,12 @@
 //! | 4 | Message | `sid u64, n u64, author u64, envelope` |
 //! | 5 | Ack | `sid u64, uid u64, n u64` |
 //! | 6 | Close | `sid u64` |
+//! | 7 | Bind | `uid u64, key bytes` (an account's first key, SPKI DER) |
+//! | 8 | Unbind | `uid u64` (an administrator cleared the binding) |
+//! | 9 | Rekey | `uid u64, key bytes` (the account replaced its key) |
+//!
+//! `bytes` is a u16 length, 1 to [`MAX_SPKI_DER_LEN`], and the bytes. Version 1 has
+//! kinds 1 to 6 only.
 //!
 //! LSNs strictly increase through the file but need not be consecutive: a batch whose
 //! write failed is cut off again, and the server need not reuse its numbers.
@@ -69,7 +75,8 @@
 //! ## Snapshot entries
 //!
 //! Body: `kind u8 | fields`, in this order: one Head, then per session a Session entry
-//! followed by exactly its `messages` Stored entries, then Closed entries, then one End.
+//! followed by exactly its `messages` Stored entries, then Closed entries, then
+//! Bindings entries, then one End.
 //!
 //! | kind | entry | fields |
 //! |---|---|---|
@@ -77,7 +84,8 @@
 //! | 2 | Session | `sid u64, creator u64, live u8, last_n u64, count u32, count x (uid u64, name str, answer u8 (0 invited, 1 accepted, 2 declined), opt key, acked u64), messages u64` |
 //! | 3 | Stored | `sid u64, n u64, author u64, envelope` |
 //! | 4 | Closed | `count u32` (1 to [`MAX_CLOSED_PER_ENTRY`]), `count x sid u64` |
-//! | 5 | End | `sessions u64, closed u64`: totals, so a cut-short snapshot is detected |
+//! | 5 | End | `sessions u64, closed u64, bindings u64`: totals, so a cut-short snapshot is detected (version 1: no `bindings`) |
+//! | 6 | Bindings | `count u32` (1 to [`MAX_BINDINGS_PER_ENTRY`]), `count x (uid u64, key bytes)`, uids strictly increasing through the file (version 2 only) |
 //!
 //! A session's backlog byte count is recomputed on load, never trusted, and every
 //! session is checked for the invariants [`Session`] relies on (creator first and
@@ -134,6 +142,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::codec::{self, CodecError, Reader};
+use crate::crypto::MAX_SPKI_DER_LEN;
 use crate::names::MAX_USERNAME_LEN;
 use crate::proto::{Answer, MAX_ENVELOPE_LEN, MAX_KEY_TEXT_LEN};
 use crate::session::{Limits, Participant, Record, Session, Sessions, Stored};
@@ -151,8 +160,11 @@ pub const SNAPSHOT_TMP_FILE: &str = "snapshot.tmp";
 pub const JOURNAL_MAGIC: &[u8; 8] = b"MPCJRNL\n";
 /// First 8 bytes of a snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"MPCSNAP\n";
-/// The one format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes (2: key bindings).
+pub const FORMAT_VERSION: u32 = 2;
+/// The format version before this one (1: no key bindings), which a server start
+/// migrates ([`crate::upgrade`]); [`recover`] refuses it.
+pub const PREVIOUS_FORMAT_VERSION: u32 = 1;
 /// Length of the file header: magic, version, file id.
 pub const FILE_HEADER_LEN: u64 = 20;
 /// Length of an entry's frame header: `len` and `crc`.
@@ -167,6 +179,8 @@ pub const MAX_ENTRY_LEN: usize = 16 << 20;
 pub const MAX_STORED_PARTICIPANTS: usize = 10_000;
 /// Most closed sids in one snapshot Closed entry (64 KiB of sids).
 pub const MAX_CLOSED_PER_ENTRY: usize = 8192;
+/// Most bindings in one snapshot Bindings entry (at most about 4.5 MiB).
+pub const MAX_BINDINGS_PER_ENTRY: usize = 4096;
 /// Journal size past which the server should compact by default.
 pub const DEFAULT_COMPACT_BYTES: u64 = 64 << 20;
 
@@ -189,6 +203,8 @@ const _: () = assert!(MAX_SESSION_BODY_LEN <= MAX_ENTRY_LEN);
 const _: () = assert!(MAX_KEY_TEXT_LEN <= u16::MAX as usize);
 const _: () = assert!(MAX_USERNAME_LEN <= u16::MAX as usize);
 const _: () = assert!(MAX_ENVELOPE_LEN + 64 <= MAX_ENTRY_LEN);
+const _: () = assert!(1 + 4 + MAX_BINDINGS_PER_ENTRY * (8 + 2 + MAX_SPKI_DER_LEN) <= MAX_ENTRY_LEN);
+const _: () = assert!(MAX_SPKI_DER_LEN <= u16::MAX as usize);
 
 // ---------------------------------------------------------------------------------
 // CRC-32
@@ -364,13 +380,19 @@ impl fmt::Display for StoreError {
             StoreError::Version { path, found } => write!(
                 f,
                 "{}: format version {found}, but this mpchatd supports only version \
-                 {FORMAT_VERSION} (the file is from an {} mpchatd); refusing to start rather \
-                 than misread it. Run an mpchatd that reads version {found}.",
+                 {FORMAT_VERSION} (a server start migrates version {PREVIOUS_FORMAT_VERSION} \
+                 in place; the file is from an {} mpchatd); refusing to start rather than \
+                 misread it. Run an mpchatd that reads version {found}{}.",
                 path.display(),
                 if *found < FORMAT_VERSION {
                     "older"
                 } else {
                     "newer"
+                },
+                if *found > FORMAT_VERSION {
+                    ", or restore the copy of the state made before the upgrade"
+                } else {
+                    ""
                 }
             ),
             StoreError::Damaged {
@@ -474,12 +496,16 @@ const KIND_LIVE: u8 = 3;
 const KIND_MESSAGE: u8 = 4;
 const KIND_ACK: u8 = 5;
 const KIND_CLOSE: u8 = 6;
+const KIND_BIND: u8 = 7;
+const KIND_UNBIND: u8 = 8;
+const KIND_REKEY: u8 = 9;
 
 const SNAP_HEAD: u8 = 1;
 const SNAP_SESSION: u8 = 2;
 const SNAP_STORED: u8 = 3;
 const SNAP_CLOSED: u8 = 4;
 const SNAP_END: u8 = 5;
+const SNAP_BINDINGS: u8 = 6;
 
 /// Appends the encoding of `rec` (kind byte and fields, see the module docs) to `out`.
 /// A field over its bound is an `InvalidInput` error and leaves `out` unchanged, so a
@@ -549,7 +575,31 @@ fn encode_record_fields(rec: &Record, out: &mut Vec<u8>) -> io::Result<()> {
             out.push(KIND_CLOSE);
             put_u64(out, *sid);
         }
+        Record::Bind { uid, key } => {
+            out.push(KIND_BIND);
+            put_u64(out, *uid);
+            put_der(out, key)?;
+        }
+        Record::Unbind { uid } => {
+            out.push(KIND_UNBIND);
+            put_u64(out, *uid);
+        }
+        Record::Rekey { uid, key } => {
+            out.push(KIND_REKEY);
+            put_u64(out, *uid);
+            put_der(out, key)?;
+        }
     }
+    Ok(())
+}
+
+fn put_der(out: &mut Vec<u8>, der: &[u8]) -> io::Result<()> {
+    if der.is_empty() || der.len() > MAX_SPKI_DER_LEN {
+        return Err(too_large("a public key"));
+    }
+    // MAX_SPKI_DER_LEN <= u16::MAX (checked above).
+    codec::put_u16(out, der.len() as u16);
+    out.extend_from_slice(der);
     Ok(())
 }
 
@@ -673,8 +723,36 @@ fn read_record(c: &mut Reader<'_>) -> Result<Record, DecodeError> {
             n: c.u64()?,
         },
         KIND_CLOSE => Record::Close { sid: c.u64()? },
+        KIND_BIND => Record::Bind {
+            uid: c.u64()?,
+            key: read_der(c)?,
+        },
+        KIND_UNBIND => Record::Unbind { uid: c.u64()? },
+        KIND_REKEY => Record::Rekey {
+            uid: c.u64()?,
+            key: read_der(c)?,
+        },
         _ => return Err(DecodeError("unknown record kind")),
     })
+}
+
+fn read_der(c: &mut Reader<'_>) -> Result<Arc<[u8]>, DecodeError> {
+    let n = usize::from(c.u16()?);
+    if n == 0 || n > MAX_SPKI_DER_LEN {
+        return Err(DecodeError(
+            "a public key is empty or longer than its bound",
+        ));
+    }
+    Ok(Arc::from(c.take(n)?))
+}
+
+/// Whether a record kind exists in format `version` (bindings came with 2).
+fn record_in_version(rec: &Record, version: u32) -> bool {
+    version >= 2
+        || !matches!(
+            rec,
+            Record::Bind { .. } | Record::Unbind { .. } | Record::Rekey { .. }
+        )
 }
 
 /// Decodes a record encoded by [`encode_record`]. Strict: the whole of `body` must be
@@ -689,14 +767,61 @@ pub fn decode_record(body: &[u8]) -> Result<Record, DecodeError> {
 // ---------------------------------------------------------------------------------
 // Reading files
 
-/// Reads and checks a file header; returns the file id.
+/// Which format versions a reader takes: the current one only (a server start, after
+/// any migration), or the previous one too (the migration itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    /// [`FORMAT_VERSION`] only.
+    Current,
+    /// [`FORMAT_VERSION`] or [`PREVIOUS_FORMAT_VERSION`].
+    CurrentOrPrevious,
+}
+
+impl Accept {
+    fn takes(self, version: u32) -> bool {
+        version == FORMAT_VERSION
+            || (self == Accept::CurrentOrPrevious && version == PREVIOUS_FORMAT_VERSION)
+    }
+}
+
+/// The format version in the header of `path`, `None` if there is no such file.
+/// Checks the magic only.
+pub(crate) fn file_version(
+    path: &Path,
+    magic: &[u8; 8],
+    what: &'static str,
+) -> Result<Option<u32>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(path, "open", e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io(path, "read", e))?
+        .len();
+    let mut version = None;
+    match read_header(&mut &file, path, len, magic, what, |v| {
+        version = Some(v);
+        true
+    }) {
+        Ok(_) => Ok(version),
+        // A header cut short after its version still tells the version.
+        Err(StoreError::Damaged { .. }) if version.is_some() => Ok(version),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and checks a file header; returns the file id and the version, which
+/// `accept` must take.
 fn read_header(
     r: &mut impl Read,
     path: &Path,
     file_len: u64,
     magic: &[u8; 8],
     what: &'static str,
-) -> Result<u64, StoreError> {
+    mut accept: impl FnMut(u32) -> bool,
+) -> Result<(u64, u32), StoreError> {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     let n = file_len.min(FILE_HEADER_LEN) as usize;
     r.read_exact(&mut h[..n])
@@ -724,7 +849,7 @@ fn read_header(
     let mut version = [0u8; 4];
     version.copy_from_slice(&h[8..12]);
     let found = u32::from_be_bytes(version);
-    if found != FORMAT_VERSION {
+    if !accept(found) {
         return Err(StoreError::Version {
             path: path.to_path_buf(),
             found,
@@ -735,7 +860,7 @@ fn read_header(
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&h[12..20]);
-    Ok(u64::from_be_bytes(id))
+    Ok((u64::from_be_bytes(id), found))
 }
 
 /// The outcome of reading one frame.
@@ -871,9 +996,16 @@ fn check_session(s: &Session) -> Result<(), &'static str> {
 }
 
 /// A snapshot read back: its LSN, sessions and closed sids.
-type SnapshotParts = (u64, Vec<Session>, Vec<u64>);
+/// A snapshot read back: its LSN, sessions, closed sids, key bindings and format
+/// version.
+pub(crate) struct SnapshotParts {
+    lsn: u64,
+    sessions: Vec<Session>,
+    closed: Vec<u64>,
+    bindings: Vec<(u64, Arc<[u8]>)>,
+}
 
-fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
+fn read_snapshot(path: &Path, accept: Accept) -> Result<Option<SnapshotParts>, StoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -882,11 +1014,16 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
     let io_err = |e| StoreError::io(path, "read", e);
     let file_len = file.metadata().map_err(io_err)?.len();
     let mut r = BufReader::with_capacity(READ_BUFFER_LEN, &file);
-    let file_id = read_header(&mut r, path, file_len, SNAPSHOT_MAGIC, "snapshot")?;
+    let (file_id, version) =
+        read_header(&mut r, path, file_len, SNAPSHOT_MAGIC, "snapshot", |v| {
+            accept.takes(v)
+        })?;
 
     let mut lsn = None;
     let mut sessions: Vec<Session> = Vec::new();
     let mut closed = Vec::new();
+    let mut bindings: Vec<(u64, Arc<[u8]>)> = Vec::new();
+    let mut bound_keys: HashSet<Arc<[u8]>> = HashSet::new();
     let mut sids = HashSet::new();
     // The session whose Stored entries are being read: offset, entry, messages to go.
     let mut open: Option<(u64, Session, u64)> = None;
@@ -909,6 +1046,9 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
         }
         if kind != SNAP_STORED && open.is_some() {
             return Err(damaged("a session's stored messages are missing"));
+        }
+        if matches!(kind, SNAP_SESSION | SNAP_CLOSED) && !bindings.is_empty() {
+            return Err(damaged("a session entry after the bindings"));
         }
         match kind {
             SNAP_HEAD => lsn = Some(c.u64().map_err(|e| damaged(DecodeError::from(e).0))?),
@@ -951,10 +1091,35 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
                     closed.push(sid);
                 }
             }
+            SNAP_BINDINGS if version >= 2 => {
+                let count = read_count(&mut c, MAX_BINDINGS_PER_ENTRY).map_err(|e| damaged(e.0))?;
+                if count == 0 {
+                    return Err(damaged("an empty bindings entry"));
+                }
+                for _ in 0..count {
+                    let uid = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
+                    let key = read_der(&mut c).map_err(|e| damaged(e.0))?;
+                    if uid == 0 || bindings.last().is_some_and(|(last, _)| *last >= uid) {
+                        return Err(damaged("binding uids are 0 or not increasing"));
+                    }
+                    if !bound_keys.insert(key.clone()) {
+                        return Err(damaged("a key is bound to two accounts"));
+                    }
+                    bindings.push((uid, key));
+                }
+            }
             SNAP_END => {
                 let n_sessions = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
                 let n_closed = c.u64().map_err(|e| damaged(DecodeError::from(e).0))?;
-                if n_sessions != sessions.len() as u64 || n_closed != closed.len() as u64 {
+                let n_bindings = if version >= 2 {
+                    c.u64().map_err(|e| damaged(DecodeError::from(e).0))?
+                } else {
+                    0
+                };
+                if n_sessions != sessions.len() as u64
+                    || n_closed != closed.len() as u64
+                    || n_bindings != bindings.len() as u64
+                {
                     return Err(damaged("entries are missing (the totals do not match)"));
                 }
                 ended = true;
@@ -979,7 +1144,12 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotParts>, StoreError> {
         ));
     }
     // `ended` implies a head entry was read.
-    Ok(lsn.map(|lsn| (lsn, sessions, closed)))
+    Ok(lsn.map(|lsn| SnapshotParts {
+        lsn,
+        sessions,
+        closed,
+        bindings,
+    }))
 }
 
 /// Reads a snapshot Session entry after its kind byte; returns the session (without
@@ -1100,6 +1270,7 @@ fn write_snapshot<'a>(
     lsn: u64,
     sessions: impl Iterator<Item = &'a Session>,
     closed: impl Iterator<Item = u64>,
+    bindings: &[(u64, Arc<[u8]>)],
 ) -> io::Result<()> {
     let file_id = random_file_id()?;
     let tmp = dir.join(SNAPSHOT_TMP_FILE);
@@ -1154,11 +1325,30 @@ fn write_snapshot<'a>(
             n_closed += chunk.len() as u64;
         }
 
+        for chunk in bindings.chunks(MAX_BINDINGS_PER_ENTRY) {
+            buf.clear();
+            let at = begin_frame(&mut buf);
+            buf.push(SNAP_BINDINGS);
+            put_count(
+                &mut buf,
+                chunk.len(),
+                MAX_BINDINGS_PER_ENTRY,
+                "a bindings entry",
+            )?;
+            for (uid, key) in chunk {
+                put_u64(&mut buf, *uid);
+                put_der(&mut buf, key)?;
+            }
+            end_frame(&mut buf, at, file_id)?;
+            w.write_all(&buf)?;
+        }
+
         buf.clear();
         let at = begin_frame(&mut buf);
         buf.push(SNAP_END);
         put_u64(&mut buf, n_sessions);
         put_u64(&mut buf, n_closed);
+        put_u64(&mut buf, bindings.len() as u64);
         end_frame(&mut buf, at, file_id)?;
         w.write_all(&buf)?;
         w.flush()
@@ -1306,6 +1496,7 @@ impl Journal {
             snapshot_lsn,
             sessions.iter(),
             sessions.closed_sids().copied(),
+            sessions.bindings().sorted(),
         )
     }
 
@@ -1315,6 +1506,7 @@ impl Journal {
             snapshot.lsn,
             snapshot.sessions.iter(),
             snapshot.closed.iter().copied(),
+            snapshot.sorted_bindings(),
         )
     }
 
@@ -1323,6 +1515,7 @@ impl Journal {
         snapshot_lsn: u64,
         sessions: impl Iterator<Item = &'a Session>,
         closed: impl Iterator<Item = u64>,
+        bindings: Vec<(u64, Arc<[u8]>)>,
     ) -> io::Result<()> {
         // Dropping the journal is safe only if the snapshot includes all of it.
         if snapshot_lsn < self.last_lsn {
@@ -1334,7 +1527,7 @@ impl Journal {
                 ),
             ));
         }
-        write_snapshot(&self.dir, snapshot_lsn, sessions, closed)?;
+        write_snapshot(&self.dir, snapshot_lsn, sessions, closed, &bindings)?;
         // From here the snapshot alone is enough; the old journal's entries are all
         // at most snapshot_lsn and would be skipped. Until the rename below the old
         // journal stays in use, which is just as correct.
@@ -1373,6 +1566,7 @@ pub fn write_snapshot_to(dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
         snapshot.lsn,
         snapshot.sessions.iter(),
         snapshot.closed.iter().copied(),
+        &snapshot.sorted_bindings(),
     )
 }
 
@@ -1381,6 +1575,8 @@ pub struct Snapshot {
     lsn: u64,
     sessions: Vec<Session>,
     closed: Vec<u64>,
+    /// Unsorted: sorting waits until the lock is released.
+    bindings: Vec<(u64, Arc<[u8]>)>,
 }
 
 impl Snapshot {
@@ -1391,7 +1587,14 @@ impl Snapshot {
             lsn,
             sessions: sessions.iter().cloned().collect(),
             closed: sessions.closed_sids().copied().collect(),
+            bindings: sessions.bindings().iter().collect(),
         }
+    }
+
+    fn sorted_bindings(&self) -> Vec<(u64, Arc<[u8]>)> {
+        let mut b = self.bindings.clone();
+        b.sort_unstable_by_key(|(uid, _)| *uid);
+        b
     }
 
     /// The LSN the snapshot includes.
@@ -1448,6 +1651,16 @@ impl fmt::Debug for Recovered {
 /// is created). An incomplete or damaged last write is cut off with a warning; any
 /// other damage, and a file of another format version, is an error naming the file.
 pub fn recover(state_dir: &Path, limits: Limits) -> Result<Recovered, StoreError> {
+    recover_with(state_dir, limits, Accept::Current)
+}
+
+/// [`recover`] taking files of the formats `accept` names (the migration reads the
+/// previous format with it).
+pub(crate) fn recover_with(
+    state_dir: &Path,
+    limits: Limits,
+    accept: Accept,
+) -> Result<Recovered, StoreError> {
     for tmp in [SNAPSHOT_TMP_FILE, JOURNAL_TMP_FILE] {
         let path = state_dir.join(tmp);
         match fs::remove_file(&path) {
@@ -1457,11 +1670,14 @@ pub fn recover(state_dir: &Path, limits: Limits) -> Result<Recovered, StoreError
         }
     }
     let snapshot_path = state_dir.join(SNAPSHOT_FILE);
-    let (snapshot_lsn, mut sessions) = match read_snapshot(&snapshot_path)? {
-        Some((lsn, sessions, closed)) => (lsn, Sessions::from_parts(limits, sessions, closed)),
+    let (snapshot_lsn, mut sessions) = match read_snapshot(&snapshot_path, accept)? {
+        Some(p) => (
+            p.lsn,
+            Sessions::from_parts(limits, p.sessions, p.closed, p.bindings),
+        ),
         None => (0, Sessions::new(limits)),
     };
-    let journal = open_journal(state_dir, snapshot_lsn, &mut sessions)?;
+    let journal = open_journal(state_dir, snapshot_lsn, &mut sessions, accept)?;
     sessions.mark_all_durable();
     log::info!(
         "{}: recovered {} sessions up to LSN {}",
@@ -1480,6 +1696,7 @@ fn open_journal(
     dir: &Path,
     snapshot_lsn: u64,
     sessions: &mut Sessions,
+    accept: Accept,
 ) -> Result<Journal, StoreError> {
     let path = dir.join(JOURNAL_FILE);
     let file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -1503,7 +1720,9 @@ fn open_journal(
     let io_err = |e| StoreError::io(&path, "read", e);
     let file_len = file.metadata().map_err(io_err)?.len();
     let mut r = BufReader::with_capacity(READ_BUFFER_LEN, &file);
-    let file_id = read_header(&mut r, &path, file_len, JOURNAL_MAGIC, "journal")?;
+    let (file_id, version) = read_header(&mut r, &path, file_len, JOURNAL_MAGIC, "journal", |v| {
+        accept.takes(v)
+    })?;
 
     let mut pos = FILE_HEADER_LEN;
     let mut last_lsn = 0u64;
@@ -1533,6 +1752,11 @@ fn open_journal(
         })?;
         if lsn <= last_lsn {
             return Err(damaged(format!("LSN {lsn} does not follow LSN {last_lsn}")));
+        }
+        if !record_in_version(&rec, version) {
+            return Err(damaged(format!(
+                "LSN {lsn} is a key binding record in a version {version} journal"
+            )));
         }
         if batch != pos && Some(batch) != last_batch {
             return Err(damaged(format!(

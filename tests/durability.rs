@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{key_line, session, temp_dir, text, wait_for_log, Raw, Server};
+use common::{key_for, session, temp_dir, text, wait_for_log, Raw, Server};
 use mpchat::encoding::id_hex;
 use mpchat::mtp::MsgType;
 use mpchat::proto::{Ack, Delivery, InitReq, MsgRes};
@@ -190,7 +190,7 @@ fn a_restart_resumes_live_sessions_pending_invites_and_undelivered_messages() {
     let sid = session(&mut a, &mut [&mut b]);
     // carol is invited to a second session while offline.
     let init = InitReq {
-        key: key_line().to_string(),
+        key: key_for("alice"),
         invitees: vec!["carol".into()],
     };
     a.send(InitReq::TYPE, 0, &init.encode());
@@ -328,12 +328,14 @@ fn a_state_directory_of_another_format_version_is_refused() {
     drop(Server::start_in(&state, &[]));
     let journal = state.join(mpchat::store::JOURNAL_FILE);
     let mut bytes = std::fs::read(&journal).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_be_bytes());
+    let newer = mpchat::store::FORMAT_VERSION + 1;
+    bytes[8..12].copy_from_slice(&newer.to_be_bytes());
     std::fs::write(&journal, &bytes).unwrap();
     let (code, stderr) = run_to_exit(&state, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("version 2") && stderr.contains(&journal.display().to_string()),
+        stderr.contains(&format!("version {newer}"))
+            && stderr.contains(&journal.display().to_string()),
         "{stderr}"
     );
 }

@@ -277,11 +277,21 @@ fn targets() -> Vec<Target> {
             seeds: vec![
                 format!("{user_key}\nbob\ncarol\n").into_bytes(),
                 b"K\nb".to_vec(),
+                format!("{user_key} {}\n", "QUJD".repeat(64)).into_bytes(),
             ],
             run: Box::new(|input| {
                 let limit = session::Limits::default().max_participants;
                 if let Ok(req) = proto::InitReq::decode(input, limit) {
                     let _ = crypto::RsaPublic::from_base64(&req.key);
+                }
+                match proto::InitRequest::decode(input, limit) {
+                    Ok(proto::InitRequest::ReplaceKey(r)) => {
+                        if let Ok(k) = crypto::RsaPublic::from_base64(&r.key) {
+                            let _ =
+                                mpchat::bindings::verify_replacement(&k, 7, k.spki_der(), &r.proof);
+                        }
+                    }
+                    Ok(proto::InitRequest::Create(_)) | Err(_) => {}
                 }
             }),
         },
@@ -534,6 +544,15 @@ fn store_record_seeds(key: &str) -> Vec<Vec<u8>> {
             n: 1,
         },
         session::Record::Close { sid: 5 },
+        session::Record::Bind {
+            uid: 0xaa,
+            key: Arc::from(&b"spki der"[..]),
+        },
+        session::Record::Unbind { uid: 0xaa },
+        session::Record::Rekey {
+            uid: 0xbb,
+            key: Arc::from(&b"new spki der"[..]),
+        },
     ];
     records
         .iter()

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    assert_back_to, closed_within, fd_limit, key_line, raise_fd_limit, session, text, users,
+    assert_back_to, closed_within, fd_limit, key_for, raise_fd_limit, session, text, users,
     wait_for_log, Client, Raw, Server, WAIT,
 };
 use mpchat::accounts::DEFAULT_ITERATIONS;
@@ -149,10 +149,10 @@ fn send_message(from: &mut Raw, sid: u64, envelope: &[u8]) -> u64 {
     message_number(&reply, &from.name)
 }
 
-/// The init_req payload of a session inviting carol alone.
-fn inviting_carol() -> Vec<u8> {
+/// The init_req payload of a session `creator` makes inviting carol alone.
+fn inviting_carol(creator: &str) -> Vec<u8> {
     InitReq {
-        key: key_line().to_string(),
+        key: key_for(creator),
         invitees: vec!["carol".into()],
     }
     .encode()
@@ -651,7 +651,7 @@ fn idle_connections_leave_the_server_serving(n: usize) {
     server.add_user("alice", PW);
     server.add_user("bob", PW);
     let key = server.public_key();
-    let _ = key_line();
+    let _ = key_for("alice");
 
     let (threads_before, fds_before) = server.threads_and_fds();
     let rss_before = server.rss_kib();
@@ -747,7 +747,7 @@ fn receive_in_order(raw: &mut Raw, sid: u64, first: u64, last: u64) -> BTreeMap<
 
 #[test]
 fn a_member_that_stops_reading_is_closed_when_its_queue_fills_and_later_gets_every_message() {
-    let _ = key_line();
+    let _ = key_for("alice");
     let q = QUEUE_LEN.to_string();
     let server = Server::start(&[
         "--queue-len",
@@ -822,8 +822,8 @@ fn a_member_that_stops_reading_is_closed_when_its_queue_fills_and_later_gets_eve
     // closed queues a close_req for her, and leaves no invitation pending for her
     // next login. The sessions come from several users, so no creator's own replies
     // overflow its queue of 16.
-    let invite = inviting_carol();
     for f in fanners.iter_mut() {
+        let invite = inviting_carol(&f.name);
         for _ in 0..SESSIONS_PER_FANNER {
             f.send(InitReq::TYPE, 0, &invite);
         }
@@ -896,7 +896,7 @@ fn a_member_that_stops_reading_is_closed_when_its_queue_fills_and_later_gets_eve
 
 #[test]
 fn a_silent_member_that_stops_reading_is_closed_by_the_heartbeat_though_its_writer_is_blocked() {
-    let _ = key_line();
+    let _ = key_for("alice");
     let server = Server::start(&["--heartbeat", "2", "--heartbeat-timeout", "2"]);
     server.add_user("alice", PW);
     server.add_user("carol", PW);
@@ -959,14 +959,14 @@ const INVITATIONS: usize = mpchat::server::DEFAULT_QUEUE_LEN;
 
 #[test]
 fn a_user_with_as_many_unanswered_invitations_as_the_queue_holds_still_logs_in() {
-    let _ = key_line();
+    let _ = key_for("alice");
     let server = Server::start(&[]);
     server.add_user("alice", PW);
     server.add_user("carol", PW);
     let key = server.public_key();
     let mut alice = Raw::login(&server, "alice", PW);
     // Carol is offline: each session goes live at once and her invitation waits.
-    let invite = inviting_carol();
+    let invite = inviting_carol("alice");
     let mut sids = std::collections::BTreeSet::new();
     for chunk in 0..INVITATIONS.div_ceil(100) {
         let k = (INVITATIONS - chunk * 100).min(100);

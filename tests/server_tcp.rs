@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{assert_back_to, key_line, session, text, wait_for_log, Raw, Server, WAIT};
+use common::{assert_back_to, key_for, session, text, wait_for_log, Raw, Server, WAIT};
 use mpchat::crypto::{AeadKey, Direction, Nonce, RsaPrivate, RsaPublic};
 use mpchat::encoding::id_hex;
 use mpchat::login::{ClientLogin, Established, ExpectLoginRes};
@@ -1106,7 +1106,7 @@ fn replies_echo_the_sid_of_their_request_errors_included() {
 
     // init_res is the exception the design makes: an error always carries sid 0.
     let init = InitReq {
-        key: key_line().to_string(),
+        key: key_for("alice"),
         invitees: vec!["bob".into()],
     };
     let (h, p) = ask(
@@ -1147,7 +1147,7 @@ fn a_decliner_shows_no_presence_whether_online_or_offline() {
     let mut bob = Raw::login(&server, "bob", PW);
     let mut carol = Raw::login(&server, "carol", PW);
     let init = InitReq {
-        key: key_line().to_string(),
+        key: key_for("alice"),
         invitees: vec!["bob".into(), "carol".into()],
     };
     alice.send(InitReq::TYPE, 0, &init.encode());
@@ -1155,7 +1155,7 @@ fn a_decliner_shows_no_presence_whether_online_or_offline() {
     let sid = h.sid;
     assert_eq!(carol.recv_type(MsgType::InviteReq).0.sid, sid);
     carol.send(InviteRes::TYPE, sid, &InviteRes::Deny.encode());
-    let accept = InviteRes::Accept(key_line().to_string());
+    let accept = InviteRes::Accept(key_for("bob"));
     bob.send(InviteRes::TYPE, sid, &accept.encode());
     let (h, p) = alice.recv_type(MsgType::InitRes);
     assert_eq!((h.sid, text(&p).as_str()), (sid, "OK"));

@@ -63,6 +63,11 @@ fn envelope(text: &str) -> Arc<[u8]> {
     Arc::from(text.as_bytes())
 }
 
+/// A stand-in for a key's SPKI DER (the store does not parse keys).
+fn der(text: &str) -> Arc<[u8]> {
+    Arc::from(text.as_bytes())
+}
+
 /// A valid history touching every record kind and both answers, over two sessions;
 /// the last record is a message.
 fn history() -> Vec<Record> {
@@ -78,6 +83,14 @@ fn history() -> Vec<Record> {
             sid: SID1,
             uid: B,
             key: Some("KEY-BOB".into()),
+        },
+        Record::Bind {
+            uid: A,
+            key: der("DER-ALICE"),
+        },
+        Record::Bind {
+            uid: B,
+            key: der("DER-BOB"),
         },
         Record::Message {
             sid: SID1,
@@ -126,6 +139,11 @@ fn history() -> Vec<Record> {
             envelope: envelope("in session two"),
         },
         Record::Close { sid: SID2 },
+        Record::Rekey {
+            uid: B,
+            key: der("DER-BOB-NEW"),
+        },
+        Record::Unbind { uid: A },
         Record::Ack {
             sid: SID1,
             uid: A,
@@ -191,6 +209,9 @@ fn dump(s: &Sessions) -> String {
     let mut closed: Vec<_> = s.closed_sids().copied().collect();
     closed.sort();
     writeln!(out, "closed {closed:x?}").unwrap();
+    for (uid, key) in s.bindings().sorted() {
+        writeln!(out, "bound {uid:x} {key:?}").unwrap();
+    }
     out
 }
 
@@ -245,7 +266,7 @@ fn every_record_kind_round_trips_through_the_codec() {
         kinds.insert(body[0]);
         assert_eq!(decode_record(&body).as_ref(), Ok(rec));
     }
-    assert_eq!(kinds.len(), 6, "every kind is covered");
+    assert_eq!(kinds.len(), 9, "every kind is covered");
 }
 
 #[test]
@@ -262,7 +283,8 @@ fn truncated_extended_and_garbled_records_are_refused() {
             decode_record(&longer).is_err(),
             "{rec:?} with a trailing byte"
         );
-        for kind in [0u8, 7, 0x81, 0xff] {
+        // Kinds no record has (7 was one until version 2 made it Bind).
+        for kind in [0u8, 10, 11, 0x81, 0xff] {
             let mut other = body.clone();
             other[0] = kind;
             assert!(decode_record(&other).is_err(), "kind {kind}");
@@ -828,6 +850,7 @@ fn files_of_other_versions_or_magic_are_refused_with_both_versions_named() {
         let good = fs::read(&path).unwrap();
         for (found, age) in [
             (0u32, "older"),
+            (store::PREVIOUS_FORMAT_VERSION, "older"),
             (FORMAT_VERSION + 1, "newer"),
             (u32::MAX, "newer"),
         ] {

@@ -249,7 +249,10 @@ pub(super) fn copy_out(
     for file in STATE_FILES {
         copy_file(&state_dir.join(file), &dest.join(file), true)?;
     }
-    let recovered = store::recover(dest, limits).map_err(BackupError::Check)?;
+    // A stopped server's state of the previous format is copied as it is: the server
+    // started on it migrates it.
+    let recovered = store::recover_with(dest, limits, store::Accept::CurrentOrPrevious)
+        .map_err(BackupError::Check)?;
     Ok(Report {
         sessions: recovered.sessions.iter().count(),
         lsn: recovered.last_lsn,

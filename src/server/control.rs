@@ -143,7 +143,7 @@ fn answer(shared: &Arc<Shared>, cmd: &Command) -> Result<Vec<String>, String> {
             shared.set_keys(next);
             Ok(vec![line])
         }
-        Command::ResetKey(_) => Err("reset-key is not supported yet".into()),
+        Command::ResetKey(name) => super::bindings::reset_key(shared, name),
     }
 }
 

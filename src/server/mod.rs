@@ -19,6 +19,8 @@
 //!   rollover, `reset-key`) and the table of who is online;
 //! - `backup`: consistent copies of the state, from the running server or a stopped
 //!   one; `ops`: the operator's subcommands, through the control socket or offline;
+//! - `bindings`: the key replacement request and `reset-key` (the binding rules
+//!   themselves are [`crate::bindings`], applied under the registry lock);
 //! - `error`: why the server cannot start ([`StartError`]) or stops ([`RunError`]).
 //!
 //! Untrusted bytes are parsed only in the connection's own threads. Counts are kept
@@ -31,6 +33,7 @@
 //! returned from [`Server::run`] for the binary to report.
 
 mod backup;
+mod bindings;
 mod conn;
 mod control;
 mod error;
@@ -292,8 +295,8 @@ impl Server {
             source,
         })?;
 
-        let recovered =
-            store::recover(&config.state_dir, config.limits).map_err(StartError::Recover)?;
+        let recovered = crate::upgrade::open_state(&config.state_dir, config.limits)
+            .map_err(StartError::Recover)?;
         let sessions = recovered.sessions;
         limits::fit_connections_to_map_count(&mut config);
         // Without the control socket the server still serves; only the operator's

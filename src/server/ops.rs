@@ -22,8 +22,10 @@ use std::time::Duration;
 use super::backup::{self, BackupError, Report};
 use super::keys::{self, KeyOpError};
 use super::LOCK_FILE;
+use crate::accounts::UsersFile;
 use crate::control::{self, Command, ControlError};
-use crate::session::Limits;
+use crate::session::{Limits, Record};
+use crate::upgrade;
 
 /// Why an operator's subcommand failed. Each message says what to do.
 #[derive(Debug)]
@@ -50,6 +52,9 @@ pub enum OpsError {
     Backup(BackupError),
     /// The server's answer lacks what it must say.
     BadReply,
+    /// The state directory's files cannot be read or changed (offline); the text
+    /// names the file and the problem.
+    State(String),
 }
 
 impl fmt::Display for OpsError {
@@ -77,6 +82,7 @@ impl fmt::Display for OpsError {
             OpsError::BadReply => f.write_str(
                 "the server's answer lacks what it must say; is it an mpchatd of another version?",
             ),
+            OpsError::State(text) => f.write_str(text),
         }
     }
 }
@@ -187,6 +193,30 @@ pub fn retire_key(state_dir: &Path) -> Result<Vec<String>, OpsError> {
         let now = keys::read(state_dir)?;
         let next = keys::retire(state_dir, &now)?;
         Ok(vec![keys::retired_line(&now, &next)])
+    })
+}
+
+/// `mpchatd reset-key NAME`: clears the key bound to account `name`.
+pub fn reset_key(state_dir: &Path, name: &str) -> Result<Vec<String>, OpsError> {
+    online_or_offline(state_dir, &Command::ResetKey(name.to_string()), || {
+        let users = UsersFile::open(state_dir).map_err(|e| OpsError::State(e.to_string()))?;
+        let uid =
+            users.current().lookup(name).map(|a| a.uid).ok_or_else(|| {
+                OpsError::State(format!("no user {name}; mpchatd users lists them"))
+            })?;
+        let mut recovered = upgrade::open_state(state_dir, Limits::default())
+            .map_err(|e| OpsError::State(e.to_string()))?;
+        if recovered.sessions.bindings().get(uid).is_none() {
+            return Ok(vec![format!("{name} has no key bound; nothing changed")]);
+        }
+        let rec = Record::Unbind { uid };
+        recovered
+            .journal
+            .append(&[(recovered.last_lsn + 1, rec)])
+            .map_err(|e| OpsError::State(format!("{}: {e}", recovered.journal.path().display())))?;
+        Ok(vec![format!(
+            "cleared the key bound to {name}; the next key the account presents is bound"
+        )])
     })
 }
 

@@ -121,14 +121,28 @@ fn dispatch(
         }
         MsgType::InviteRes => {
             // A malformed answer or an invalid key changes nothing; invite_res has no
-            // reply to carry an error.
-            let answer = proto::InviteRes::decode(payload).ok().filter(|a| match a {
-                proto::InviteRes::Accept(k) => RsaPublic::from_base64(k).is_ok(),
-                proto::InviteRes::Deny => true,
+            // reply to carry an error. Neither does a key bound to another account,
+            // or another key than the account's (DECISIONS 6).
+            let answer = proto::InviteRes::decode(payload)
+                .ok()
+                .and_then(|a| match &a {
+                    proto::InviteRes::Accept(k) => {
+                        RsaPublic::from_base64(k).ok().map(|key| (a, Some(key)))
+                    }
+                    proto::InviteRes::Deny => Some((a, None)),
+                });
+            let Some((answer, key)) = answer else {
+                log::info!("ignored a malformed invite answer from {name}");
+                return Ok(());
+            };
+            let accounts = shared.users.current();
+            let exists = |uid| accounts.name_of(uid).is_some();
+            let der = key.as_ref().map(|k| k.spki_der());
+            let answered = shared.with_registry_as(Some(inflight), |reg| {
+                reg.answer_bound(me, sid, answer, der, &exists)
             });
-            match answer {
-                Some(a) => shared.with_registry_as(Some(inflight), |reg| reg.answer(me, sid, a)),
-                None => log::info!("ignored a malformed invite answer from {name}"),
+            if let Err(reason) = answered {
+                log::info!("ignored an invite answer from {name}: {reason}");
             }
         }
         MsgType::MsgReq => shared.with_registry_as(Some(inflight), |reg| {
@@ -167,13 +181,16 @@ fn init(
     payload: &[u8],
 ) {
     let limits = shared.config.limits;
+    let accounts = shared.users.current();
     let checked = (|| {
         if sid != 0 {
             return Err(Reason::InitSidNotZero);
         }
-        let req = proto::InitReq::decode(payload, limits.max_participants)?;
-        RsaPublic::from_base64(&req.key).map_err(|_| Reason::InvalidKey)?;
-        let accounts = shared.users.current();
+        let req = match proto::InitRequest::decode(payload, limits.max_participants)? {
+            proto::InitRequest::Create(req) => req,
+            proto::InitRequest::ReplaceKey(req) => return Ok(Err(req)),
+        };
+        let key = RsaPublic::from_base64(&req.key).map_err(|_| Reason::InvalidKey)?;
         let mut invitees = Vec::with_capacity(req.invitees.len());
         for invitee in &req.invitees {
             if !crate::names::valid_username(invitee) {
@@ -184,10 +201,14 @@ fn init(
                 .ok_or_else(|| Reason::UnknownUser(invitee.clone()))?;
             invitees.push((account.uid, account.name.clone()));
         }
-        Ok((req.key, invitees))
+        Ok(Ok((req.key, key, invitees)))
     })();
-    let (key, invitees) = match checked {
-        Ok(x) => x,
+    let (key_text, key, invitees) = match checked {
+        Ok(Ok(x)) => x,
+        Ok(Err(replacement)) => {
+            super::bindings::replace_key(shared, inflight, me, name, &replacement);
+            return;
+        }
         Err(reason) => {
             shared.with_registry_as(Some(inflight), |reg| {
                 reg.refuse(me, MsgType::InitRes, 0, &reason)
@@ -199,8 +220,17 @@ fn init(
     if candidates.is_empty() {
         log::error!("the system's random number generator failed; an init request is refused");
     }
+    let exists = |uid| accounts.name_of(uid).is_some();
     let followup = shared.with_registry_as(Some(inflight), |reg| {
-        reg.init(me, name.to_string(), key, invitees, &candidates)
+        reg.init_bound(
+            me,
+            name.to_string(),
+            key_text,
+            key.spki_der(),
+            &exists,
+            invitees,
+            &candidates,
+        )
     });
     if let Some(sid) = followup.start_invite_timer {
         shared

@@ -504,11 +504,23 @@ impl Server {
     }
 }
 
-/// A valid public key line for init and accept (the server checks it is an RSA key;
-/// what is inside the envelopes does not matter to it).
-pub fn key_line() -> &'static str {
-    static KEY: OnceLock<String> = OnceLock::new();
-    KEY.get_or_init(|| RsaPrivate::generate(2048).unwrap().public().to_base64())
+/// A valid public key line for `name`'s init and accept requests: one key per user
+/// name, made once per test process. The server binds each account to the first key
+/// it presents and refuses a key another account owns, so users never share one
+/// (what is inside the envelopes does not matter to the server).
+pub fn key_for(name: &str) -> String {
+    static KEYS: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    if let Some(k) = keys.lock().unwrap().get(name) {
+        return k.clone();
+    }
+    // Made outside the lock: two threads may both make one; the first stored wins.
+    let made = RsaPrivate::generate(2048).unwrap().public().to_base64();
+    keys.lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert(made)
+        .clone()
 }
 
 pub fn text(p: &[u8]) -> String {
@@ -518,7 +530,7 @@ pub fn text(p: &[u8]) -> String {
 /// `a` creates a session with `others`, who all accept; returns its sid.
 pub fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
     let init = InitReq {
-        key: key_line().to_string(),
+        key: key_for(&a.name),
         invitees: others.iter().map(|r| r.name.clone()).collect(),
     };
     a.send(InitReq::TYPE, 0, &init.encode());
@@ -526,7 +538,7 @@ pub fn session(a: &mut Raw, others: &mut [&mut Raw]) -> u64 {
     for o in others.iter_mut() {
         let (h, _) = o.recv_type(MsgType::InviteReq);
         sid = h.sid;
-        let accept = InviteRes::Accept(key_line().to_string());
+        let accept = InviteRes::Accept(key_for(&o.name));
         o.send(InviteRes::TYPE, sid, &accept.encode());
     }
     let (h, p) = a.recv_type(MsgType::InitRes);
