@@ -25,7 +25,13 @@ usage: mpchatd [--state-dir DIR] [--listen ADDR:PORT] [limits...]
 Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
 /var/lib/mpchat). Limits (defaults in brackets):
   --login-grace SECS          time to finish the login [10]
-  --max-pending-logins N      connections still logging in [64]
+  --max-pending-logins N | START:RATE:FULL
+                              connections still logging in, with random early
+                              drop from START at RATE% [32:30:64]
+  --max-pending-logins-per-source N
+                              of them from one address or IPv6 /64 [8]
+  --source-penalty-max SECS   most penalty a source's failed logins earn,
+                              0 = no penalties [600]
   --max-connections N         connections in all [10000]
   --login-window SECS         accepted login clock skew, plus or minus [30]
   --invite-wait SECS          wait for online invitees before init_res [30]
@@ -35,6 +41,10 @@ Serve mpchat on ADDR:PORT (default 0.0.0.0:5150) with state in DIR (default
   --max-participants N        per session, creator included [100]
   --backlog-messages N        unacknowledged messages per session [10000]
   --backlog-bytes N           unacknowledged envelope bytes per session [67108864]
+  --max-open-sessions N       sessions a user has created and not closed [256]
+  --max-pending-invitations N unanswered invitations a user holds [100]
+  --user-backlog-bytes N      unacknowledged envelope bytes of one user's
+                              messages, all sessions together [16777216]
   --compact-bytes N           journal size that triggers a snapshot [67108864]
   --max-group N               requests stored with one fsync, 1 = no group commit [1024]
 See mpchatd(8).";
@@ -44,6 +54,8 @@ const SERVE_OPTS: &[&str] = &[
     "--listen",
     "--login-grace",
     "--max-pending-logins",
+    "--max-pending-logins-per-source",
+    "--source-penalty-max",
     "--max-connections",
     "--login-window",
     "--invite-wait",
@@ -53,6 +65,9 @@ const SERVE_OPTS: &[&str] = &[
     "--max-participants",
     "--backlog-messages",
     "--backlog-bytes",
+    "--max-open-sessions",
+    "--max-pending-invitations",
+    "--user-backlog-bytes",
     "--compact-bytes",
     "--max-group",
 ];
@@ -235,7 +250,15 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             "--state-dir" => config.state_dir = PathBuf::from(v),
             "--listen" => config.listen = v.to_string(),
             "--login-grace" => config.login_grace = cli::seconds(p, &name, v)?,
-            "--max-pending-logins" => config.max_prelogin = positive(p, &name, v)?,
+            "--max-pending-logins" => {
+                let (full, early_drop) = startups(p, &name, v)?;
+                config.max_prelogin = full;
+                config.early_drop = early_drop;
+            }
+            "--max-pending-logins-per-source" => {
+                config.max_prelogin_per_source = positive(p, &name, v)?
+            }
+            "--source-penalty-max" => config.penalties.max = cli::seconds(p, &name, v)?,
             "--max-connections" => config.max_connections = positive(p, &name, v)?,
             "--login-window" => config.login_window = cli::seconds(p, &name, v)?,
             "--invite-wait" => config.invite_wait = cli::seconds(p, &name, v)?,
@@ -254,6 +277,11 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             }
             "--backlog-messages" => config.limits.backlog_messages = positive(p, &name, v)?,
             "--backlog-bytes" => config.limits.backlog_bytes = positive(p, &name, v)?,
+            "--max-open-sessions" => config.limits.max_open_sessions = positive(p, &name, v)?,
+            "--max-pending-invitations" => {
+                config.limits.max_pending_invitations = positive(p, &name, v)?
+            }
+            "--user-backlog-bytes" => config.limits.user_backlog_bytes = positive(p, &name, v)?,
             "--compact-bytes" => config.compact_bytes = positive(p, &name, v)?,
             "--max-group" => config.max_group = positive(p, &name, v)?,
             _ => unreachable!("cli::parse only returns listed options"),
@@ -274,6 +302,34 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             Err(Failure::Logged)
         }
     }
+}
+
+/// `--max-pending-logins`: `FULL` alone (no random early drop, as in OpenSSH's
+/// MaxStartups), or `START:RATE:FULL`.
+fn startups(p: &str, name: &str, v: &str) -> Result<(usize, server::EarlyDrop), UsageError> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (start, rate, full) = match parts[..] {
+        [full] => {
+            let full: usize = positive(p, name, full)?;
+            (full, 100, full)
+        }
+        [start, rate, full] => (
+            positive(p, name, start)?,
+            cli::number::<u32>(p, name, rate)?,
+            positive(p, name, full)?,
+        ),
+        _ => {
+            return Err(UsageError(format!(
+                "{p}: {name} wants N or START:RATE:FULL, not {v:?}"
+            )))
+        }
+    };
+    if start > full || rate > 100 {
+        return Err(UsageError(format!(
+            "{p}: {name} {v}: START must be at most FULL and RATE at most 100"
+        )));
+    }
+    Ok((full, server::EarlyDrop { start, rate }))
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default>(

@@ -101,6 +101,10 @@ pub enum LoginError {
     /// The request's hash was seen within twice the window: a replay of a captured
     /// request, by whoever sends it.
     Replayed,
+    /// The request is stamped before the replay cache began (the server process
+    /// started): a copy of a request an earlier process may have accepted, or a
+    /// client whose clock is behind by more than the time since the start.
+    BeforeStart,
     /// The replay cache is full of unexpired entries: a login flood. Refusing is safer
     /// than forgetting an entry, which would re-open its replay.
     ReplayCacheFull,
@@ -128,6 +132,9 @@ impl fmt::Display for LoginError {
             LoginError::Stale => f.write_str("login timestamp older than the window"),
             LoginError::Future => f.write_str("login timestamp ahead of the window"),
             LoginError::Replayed => f.write_str("replayed login request"),
+            LoginError::BeforeStart => f.write_str(
+                "login timestamp before the server started (a replay from before a restart, or a client clock behind)",
+            ),
             LoginError::ReplayCacheFull => {
                 f.write_str("replay cache full; refusing logins until entries expire")
             }
@@ -531,8 +538,9 @@ impl OpenedLogin {
         &self.request_hash
     }
 
-    /// Checks that the timestamp is within `window` of `now_ns` either way, then
-    /// records the request's hash in `replay`, refusing one already there.
+    /// Checks that the timestamp is within `window` of `now_ns` either way and not
+    /// before `replay` began ([`ReplayCache::starting_at`]), then records the
+    /// request's hash in `replay`, refusing one already there.
     ///
     /// The hash is recorded now, before the password check, so a copy of the request
     /// is refused even while the original is still being checked, and even if the
@@ -549,6 +557,9 @@ impl OpenedLogin {
         }
         if self.timestamp_ns > now_ns.saturating_add(w) {
             return Err(LoginError::Future);
+        }
+        if self.timestamp_ns < replay.not_before_ns {
+            return Err(LoginError::BeforeStart);
         }
         replay.insert(self.request_hash, now_ns, window)?;
         Ok(CheckPassword(self))
@@ -627,22 +638,45 @@ impl CheckPassword {
 /// windows of `now`. Entries sit in a queue in arrival order (expiry is O(1)
 /// amortised, from the front) beside a set (lookup O(1)). If the clock steps back,
 /// entries live longer, never shorter.
+///
+/// The cache lives in memory, so a new server process starts with an empty one,
+/// blind to what the previous process accepted. A cache made by
+/// [`ReplayCache::starting_at`] therefore refuses requests stamped before it began
+/// ([`LoginError::BeforeStart`]): whatever the old process saw was stamped before
+/// the new one started, if the sender's clock was not ahead of the server's (see
+/// DECISIONS in mpchat-protocol(7) for what a clock ahead leaves open).
 #[derive(Debug)]
 pub struct ReplayCache {
     capacity: usize,
     order: VecDeque<(u64, [u8; HASH_LEN])>,
     seen: HashSet<[u8; HASH_LEN]>,
+    /// Requests stamped before this (Unix nanoseconds) are refused.
+    not_before_ns: u64,
 }
 
 impl ReplayCache {
     /// An empty cache that holds at most `capacity` hashes (see
-    /// [`REPLAY_CACHE_CAPACITY`]). Memory grows with use, not up front.
+    /// [`REPLAY_CACHE_CAPACITY`]) and takes requests of any age within the window.
+    /// Memory grows with use, not up front.
     pub fn new(capacity: usize) -> ReplayCache {
+        ReplayCache::starting_at(capacity, 0)
+    }
+
+    /// An empty cache that begins at `now_ns` (the server process's start): it
+    /// refuses requests stamped before then, which it cannot tell from copies of
+    /// requests an earlier process accepted.
+    pub fn starting_at(capacity: usize, now_ns: u64) -> ReplayCache {
         ReplayCache {
             capacity,
             order: VecDeque::new(),
             seen: HashSet::new(),
+            not_before_ns: now_ns,
         }
+    }
+
+    /// When the cache began: requests stamped earlier are refused.
+    pub fn not_before_ns(&self) -> u64 {
+        self.not_before_ns
     }
 
     /// The most hashes this cache holds.
@@ -885,6 +919,26 @@ mod tests {
         assert!(c.contains(&[1; 32]) && c.contains(&[2; 32]));
         c.insert([3; 32], 3 * W_NS + 1, W).unwrap();
         assert!(!c.contains(&[1; 32]));
+    }
+
+    #[test]
+    fn a_cache_started_after_a_request_was_stamped_refuses_it() {
+        let start = 100 * W_NS;
+        for (ts, want) in [
+            (start - 1, Err(LoginError::BeforeStart)),
+            (start - W_NS / 2, Err(LoginError::BeforeStart)),
+            (start, Ok(())),
+            (start + 1, Ok(())),
+        ] {
+            let payload = valid_payload().replacen("1764000000000000000", &ts.to_string(), 1);
+            let mut cache = ReplayCache::starting_at(4, start);
+            let got = parse(&payload)
+                .unwrap()
+                .check_fresh(start + 1_000, W, &mut cache);
+            assert_eq!(got.map(|_| ()), want, "timestamp {ts}");
+            assert_eq!(cache.len(), usize::from(want.is_ok()));
+        }
+        assert_eq!(ReplayCache::new(4).not_before_ns(), 0);
     }
 
     #[test]

@@ -196,6 +196,15 @@ pub enum Reason {
     TooLarge,
     /// *Fixed*: `backlog full`: the session's backlog bound was reached.
     BacklogFull,
+    /// *Fixed*: `your backlog is full`: the author's messages that some recipient
+    /// has not acknowledged, across all sessions, reached the per-user bound.
+    UserBacklogFull,
+    /// *Fixed*: `too many open sessions`: the creator has as many sessions open
+    /// (created and not closed) as a user may.
+    TooManySessions,
+    /// *Fixed*: `too many pending invitations for NAME`: that invitee has as many
+    /// unanswered invitations as a user may.
+    TooManyInvitations(String),
     /// *Fixed*: `unknown user NAME`: an invitee without an account.
     UnknownUser(String),
     /// *Fixed*: `you cannot invite yourself`.
@@ -257,7 +266,7 @@ pub enum NotStored {
 }
 
 /// The reasons without parameters, for decoding by exact match.
-const UNIT_REASONS: [Reason; 25] = [
+const UNIT_REASONS: [Reason; 27] = [
     Reason::NotAParticipant,
     Reason::SessionClosed,
     Reason::NotLive,
@@ -266,6 +275,8 @@ const UNIT_REASONS: [Reason; 25] = [
     Reason::EmptyMessage,
     Reason::TooLarge,
     Reason::BacklogFull,
+    Reason::UserBacklogFull,
+    Reason::TooManySessions,
     Reason::CannotInviteSelf,
     Reason::KeyOfAnotherUser,
     Reason::KeyDiffers,
@@ -297,6 +308,8 @@ impl Reason {
             Reason::EmptyMessage => "empty message",
             Reason::TooLarge => "message too large",
             Reason::BacklogFull => "backlog full",
+            Reason::UserBacklogFull => "your backlog is full",
+            Reason::TooManySessions => "too many open sessions",
             Reason::CannotInviteSelf => "you cannot invite yourself",
             Reason::KeyOfAnotherUser => "key belongs to another user",
             Reason::KeyDiffers => "key differs from the one bound to your account",
@@ -321,6 +334,7 @@ impl Reason {
             Reason::UnknownUser(_)
             | Reason::DuplicateInvitee(_)
             | Reason::TooManyParticipants(_)
+            | Reason::TooManyInvitations(_)
             | Reason::Other(_) => return None,
         })
     }
@@ -342,6 +356,9 @@ impl Reason {
         }
         if let Some(name) = text.strip_prefix("duplicate invitee ") {
             return Ok(Reason::DuplicateInvitee(name.to_string()));
+        }
+        if let Some(name) = text.strip_prefix("too many pending invitations for ") {
+            return Ok(Reason::TooManyInvitations(name.to_string()));
         }
         let limit = text
             .strip_prefix("too many participants (the limit is ")
@@ -373,6 +390,9 @@ impl fmt::Display for Reason {
         match self {
             Reason::UnknownUser(name) => write!(f, "unknown user {name}"),
             Reason::DuplicateInvitee(name) => write!(f, "duplicate invitee {name}"),
+            Reason::TooManyInvitations(name) => {
+                write!(f, "too many pending invitations for {name}")
+            }
             Reason::TooManyParticipants(n) => {
                 write!(f, "too many participants (the limit is {n})")
             }
@@ -1545,6 +1565,7 @@ mod tests {
             Reason::UnknownUser("bob".into()),
             Reason::DuplicateInvitee("bob".into()),
             Reason::TooManyParticipants(100),
+            Reason::TooManyInvitations("bob".into()),
             Reason::Other("something else".into()),
         ]);
         for r in all {
@@ -1568,6 +1589,12 @@ mod tests {
             (Reason::EmptyMessage, "empty message"),
             (Reason::TooLarge, "message too large"),
             (Reason::BacklogFull, "backlog full"),
+            (Reason::UserBacklogFull, "your backlog is full"),
+            (Reason::TooManySessions, "too many open sessions"),
+            (
+                Reason::TooManyInvitations("zed".into()),
+                "too many pending invitations for zed",
+            ),
             (Reason::UnknownUser("zed".into()), "unknown user zed"),
             (Reason::CannotInviteSelf, "you cannot invite yourself"),
             (Reason::KeyOfAnotherUser, "key belongs to another user"),

@@ -34,6 +34,9 @@ pub enum Out {
     Frame(Box<OutFrame>),
     /// New stored messages may be waiting: pull them from the store.
     Wake,
+    /// A second login of the user replaced this connection: send it the notice
+    /// (close_req with sid 0, uid 0 and an empty payload) and close it.
+    Replaced,
 }
 
 /// One frame to seal and send.
@@ -354,12 +357,16 @@ impl Registry {
     }
 
     /// Registers a freshly logged-in connection. A previous connection of the same user
-    /// is replaced and doomed. Its writer is woken to pull unanswered invitations and
-    /// stored messages: pulled, not queued, so however many are waiting they are paced
-    /// by the socket and can never overflow the new connection's queue.
+    /// is replaced: its writer is told ([`Out::Replaced`]) and closes it after sending
+    /// the notice, or, if its queue has no room for that, it is doomed. The new
+    /// connection's writer is woken to pull unanswered invitations and stored
+    /// messages: pulled, not queued, so however many are waiting they are paced by
+    /// the socket and can never overflow the new connection's queue.
     pub fn login(&mut self, uid: u64, conn: Conn) {
         if let Some(old) = self.online.insert(uid, conn) {
-            self.doomed.push(old);
+            if old.tx.try_send(Out::Replaced).is_err() {
+                self.doomed.push(old);
+            }
         }
         self.wake(uid);
     }
@@ -887,6 +894,7 @@ mod tests {
                         self.wake_pending.store(false, Ordering::Release);
                         got.push("wake".into());
                     }
+                    Out::Replaced => got.push("replaced".into()),
                 }
             }
             got
@@ -1285,23 +1293,35 @@ mod tests {
         let mut reg = registry();
         let first = connect(&mut reg, B, 2, 64);
         let second = connect(&mut reg, B, 3, 64);
-        let doomed = reg.take_doomed();
-        assert_eq!(doomed.iter().map(|c| c.id).collect::<Vec<_>>(), [2]);
-        (doomed[0].close)();
-        assert!(first.is_closed() && !second.is_closed());
+        // The first connection's writer is told why, and closes it after the notice.
+        assert!(reg.take_doomed().is_empty());
+        assert!(!first.is_closed() && !second.is_closed());
         assert!(reg.is_online(B));
         assert_eq!(reg.online_count(), 1);
         // A request still read from the old connection is answered nowhere.
         reg.status(first.me, 0);
         reg.status(second.me, 0);
         store(&mut reg);
-        assert_eq!(first.drain(), ["wake"]);
+        assert_eq!(first.drain(), ["wake", "replaced"]);
         assert_eq!(second.drain(), ["wake", "StatusRes 0 0 OK\n"]);
         // The old connection's logout does not take the new one offline.
         reg.logout(B, 2);
         assert!(reg.is_online(B));
         reg.logout(B, 3);
         assert!(!reg.is_online(B));
+    }
+
+    #[test]
+    fn a_second_login_dooms_the_first_at_once_when_its_queue_has_no_room_for_the_notice() {
+        let mut reg = registry();
+        // A queue of one, taken by the login's wake.
+        let first = connect(&mut reg, B, 2, 1);
+        let _second = connect(&mut reg, B, 3, 64);
+        let doomed = reg.take_doomed();
+        assert_eq!(doomed.iter().map(|c| c.id).collect::<Vec<_>>(), [2]);
+        (doomed[0].close)();
+        assert!(first.is_closed());
+        assert_eq!(first.drain(), ["wake"]);
     }
 
     #[test]

@@ -26,6 +26,18 @@ pub const DEFAULT_MAX_PARTICIPANTS: usize = 100;
 pub const DEFAULT_BACKLOG_MESSAGES: usize = 10_000;
 /// Default bound on the envelope bytes of those messages.
 pub const DEFAULT_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound on the sessions one user has open (created and not closed). An open
+/// session costs the server about 1.5 KiB of memory and 0.8 KB of journal, so 256 of
+/// them are under half a megabyte a user; a flood of 60,000 took 86 MiB.
+pub const DEFAULT_MAX_OPEN_SESSIONS: usize = 256;
+/// Default bound on the unanswered invitations one user holds: far more than anyone
+/// answers by hand, few enough that a login is not buried under them.
+pub const DEFAULT_MAX_PENDING_INVITATIONS: usize = 100;
+/// Default bound on the envelope bytes of one author's messages stored and not yet
+/// acknowledged by all their recipients, across all sessions: 256 of the largest
+/// envelopes, or some 16,000 text messages, held for a recipient who is away. The
+/// server keeps them in memory, so this is what one user can make it hold.
+pub const DEFAULT_USER_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
 
 /// Limits on sessions, each with a command-line flag in `mpchatd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +48,13 @@ pub struct Limits {
     pub backlog_messages: usize,
     /// Envelope bytes of those messages.
     pub backlog_bytes: usize,
+    /// Sessions one user has open (created and not closed).
+    pub max_open_sessions: usize,
+    /// Unanswered invitations one user holds.
+    pub max_pending_invitations: usize,
+    /// Envelope bytes of one author's stored, not fully acknowledged messages, across
+    /// sessions.
+    pub user_backlog_bytes: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +63,9 @@ impl Default for Limits {
             max_participants: DEFAULT_MAX_PARTICIPANTS,
             backlog_messages: DEFAULT_BACKLOG_MESSAGES,
             backlog_bytes: DEFAULT_BACKLOG_BYTES,
+            max_open_sessions: DEFAULT_MAX_OPEN_SESSIONS,
+            max_pending_invitations: DEFAULT_MAX_PENDING_INVITATIONS,
+            user_backlog_bytes: DEFAULT_USER_BACKLOG_BYTES,
         }
     }
 }
@@ -135,10 +157,11 @@ impl Session {
             .filter(move |m| m.n > after && m.author != uid)
     }
 
-    /// Drops messages every recipient has acknowledged. A message's recipients are the
-    /// accepted participants other than its author; one who accepted later starts with
-    /// `acked` at the then latest `n`, so it never holds back older messages.
-    fn forget_acknowledged(&mut self) {
+    /// Drops messages every recipient has acknowledged, telling `forgot` each one's
+    /// author and size. A message's recipients are the accepted participants other
+    /// than its author; one who accepted later starts with `acked` at the then latest
+    /// `n`, so it never holds back older messages.
+    fn forget_acknowledged(&mut self, mut forgot: impl FnMut(u64, usize)) {
         while let Some(front) = self.messages.front() {
             let done = self
                 .participants
@@ -149,6 +172,7 @@ impl Session {
                 break;
             }
             self.backlog_bytes -= front.envelope.len();
+            forgot(front.author, front.envelope.len());
             self.messages.pop_front();
         }
     }
@@ -284,15 +308,38 @@ impl Record {
     }
 }
 
-/// Every session, the closed sids, an index from user to sessions, and the accounts'
-/// key bindings.
+/// Every session, the closed sids, an index from user to sessions, the accounts' key
+/// bindings, and what each user holds against the per-user quotas.
 #[derive(Debug, Default, Clone)]
 pub struct Sessions {
     limits: Limits,
     sessions: HashMap<u64, Session>,
+    /// Closed sids, never issued again: 8 bytes each on disk (in a snapshot) and a
+    /// set entry in memory; nothing else of a closed session is kept.
     closed: HashSet<u64>,
     by_user: HashMap<u64, BTreeSet<u64>>,
     bindings: Bindings,
+    /// Per user: sessions created and not closed.
+    open_sessions: HashMap<u64, usize>,
+    /// Per user: invitations not yet answered.
+    pending_invitations: HashMap<u64, usize>,
+    /// Per author: envelope bytes stored and not acknowledged by every recipient.
+    user_backlog: HashMap<u64, usize>,
+}
+
+/// Adds `n` to `uid`'s count in `map`.
+fn count_up(map: &mut HashMap<u64, usize>, uid: u64, n: usize) {
+    *map.entry(uid).or_default() += n;
+}
+
+/// Takes `n` from `uid`'s count in `map`, dropping it at zero.
+fn count_down(map: &mut HashMap<u64, usize>, uid: u64, n: usize) {
+    if let Some(c) = map.get_mut(&uid) {
+        *c = c.saturating_sub(n);
+        if *c == 0 {
+            map.remove(&uid);
+        }
+    }
 }
 
 impl Sessions {
@@ -328,10 +375,33 @@ impl Sessions {
                 if p.answer != Answer::Declined {
                     this.by_user.entry(p.uid).or_default().insert(s.sid);
                 }
+                if p.answer == Answer::Invited {
+                    count_up(&mut this.pending_invitations, p.uid, 1);
+                }
+            }
+            count_up(&mut this.open_sessions, s.creator, 1);
+            for m in &s.messages {
+                count_up(&mut this.user_backlog, m.author, m.envelope.len());
             }
             this.sessions.insert(s.sid, s);
         }
         this
+    }
+
+    /// Sessions `uid` has open (created and not closed).
+    pub fn open_sessions_of(&self, uid: u64) -> usize {
+        self.open_sessions.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Invitations `uid` has not answered.
+    pub fn pending_invitations_of(&self, uid: u64) -> usize {
+        self.pending_invitations.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Envelope bytes of `uid`'s messages stored and not acknowledged by every
+    /// recipient, across sessions.
+    pub fn backlog_bytes_of(&self, uid: u64) -> usize {
+        self.user_backlog.get(&uid).copied().unwrap_or(0)
     }
 
     /// Marks messages of `sid` up to `n` durable (deliverable).
@@ -425,6 +495,14 @@ impl Sessions {
                 return Err(Reason::DuplicateInvitee(name.clone()));
             }
         }
+        if self.open_sessions_of(creator.0) >= self.limits.max_open_sessions {
+            return Err(Reason::TooManySessions);
+        }
+        for (uid, name) in &invitees {
+            if self.pending_invitations_of(*uid) >= self.limits.max_pending_invitations {
+                return Err(Reason::TooManyInvitations(name.clone()));
+            }
+        }
         debug_assert!(!self.is_used(sid), "the caller draws a fresh sid");
         Ok(Record::Create {
             sid,
@@ -468,6 +546,9 @@ impl Sessions {
             || s.backlog_bytes + envelope.len() > self.limits.backlog_bytes
         {
             return Err(Reason::BacklogFull);
+        }
+        if self.backlog_bytes_of(author) + envelope.len() > self.limits.user_backlog_bytes {
+            return Err(Reason::UserBacklogFull);
         }
         Ok(Record::Message {
             sid,
@@ -528,6 +609,10 @@ impl Sessions {
                 for p in &participants {
                     self.by_user.entry(p.uid).or_default().insert(*sid);
                 }
+                count_up(&mut self.open_sessions, creator.0, 1);
+                for (uid, _) in invitees {
+                    count_up(&mut self.pending_invitations, *uid, 1);
+                }
                 self.sessions.insert(
                     *sid,
                     Session {
@@ -554,6 +639,7 @@ impl Sessions {
                 if p.answer != Answer::Invited {
                     return false;
                 }
+                count_down(&mut self.pending_invitations, *uid, 1);
                 match key {
                     Some(k) => {
                         p.answer = Answer::Accepted;
@@ -595,7 +681,9 @@ impl Sessions {
                     author: *author,
                     envelope: envelope.clone(),
                 });
-                s.forget_acknowledged();
+                let backlog = &mut self.user_backlog;
+                count_up(backlog, *author, envelope.len());
+                s.forget_acknowledged(|a, len| count_down(backlog, a, len));
                 true
             }
             Record::Ack { sid, uid, n } => {
@@ -610,7 +698,8 @@ impl Sessions {
                     return false;
                 }
                 p.acked = *n;
-                s.forget_acknowledged();
+                let backlog = &mut self.user_backlog;
+                s.forget_acknowledged(|a, len| count_down(backlog, a, len));
                 true
             }
             Record::Close { sid } => {
@@ -625,6 +714,13 @@ impl Sessions {
                             self.by_user.remove(&p.uid);
                         }
                     }
+                    if p.answer == Answer::Invited {
+                        count_down(&mut self.pending_invitations, p.uid, 1);
+                    }
+                }
+                count_down(&mut self.open_sessions, s.creator, 1);
+                for m in &s.messages {
+                    count_down(&mut self.user_backlog, m.author, m.envelope.len());
                 }
                 self.closed.insert(*sid);
                 true

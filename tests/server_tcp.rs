@@ -829,6 +829,35 @@ fn a_replayed_login_request_is_closed_without_a_reply() {
 }
 
 #[test]
+fn a_login_request_captured_before_a_restart_is_refused_after_it() {
+    // The replay cache lives in memory: a request the old process saw is unknown to
+    // the new one, which refuses it for its timestamp, older than its own start.
+    let state = common::temp_dir("restart-replay");
+    let mut server = Server::start_in(&state, LONG_GRACE);
+    server.add_user("victim", PW);
+    let (frame, expect) = ClientLogin::start(&server.public_key(), "victim", PW, now_ns()).unwrap();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.write_all(&frame).unwrap();
+    let mut original = finish_login(stream, expect).expect("the original login");
+    assert_status_answered(&mut original, "the original connection");
+    server.kill();
+    drop(original);
+    let mut server = Server::start_in(&state, LONG_GRACE);
+    // The real user is back first; the captured request comes after.
+    let mut victim = Raw::login(&server, "victim", PW);
+    assert_status_answered(&mut victim, "the real user after the restart");
+    let mut copy = TcpStream::connect(server.addr).unwrap();
+    let me = copy.local_addr().unwrap();
+    copy.write_all(&frame).unwrap();
+    assert_closed_without_reply(&mut copy, PROMPT, "a login request replayed after a restart");
+    let line = wait_for_warning_about(&server, me);
+    assert!(line.contains("before the server started"), "{line}");
+    // The replay neither logged in nor displaced the real user.
+    assert_status_answered(&mut victim, "the real user after the replay");
+    assert_fresh_login_works(&mut server, "victim");
+}
+
+#[test]
 fn prelogin_cap_refuses_extra_connections_until_a_slot_frees() {
     let mut server = Server::start(&["--max-pending-logins", "2", "--login-grace", "60"]);
     server.add_user("alice", PW);
@@ -955,6 +984,14 @@ fn a_second_login_of_the_same_user_closes_the_first_connection() {
         "a logged-in connection shows in the counts: {one_connection:?} vs {baseline:?}"
     );
     let mut second = Raw::login(&server, "victim", PW);
+    // The first connection is told why before it is closed: a close_req with sid 0,
+    // uid 0 and an empty payload, which names no session.
+    let (h, p) = recv(&mut first, "the replaced connection's notice");
+    assert_eq!(
+        (h.typ, h.sid, h.uid, p.as_slice()),
+        (MsgType::CloseReq, 0, 0, &b""[..]),
+        "the notice to a replaced connection"
+    );
     assert_closed_without_reply(&mut first.stream, PROMPT, "the replaced first connection");
     assert_status_answered(&mut second, "second connection");
     assert_status_answered(&mut bystander, "bystander");

@@ -15,6 +15,7 @@
 //!   of bounds.
 
 use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Condvar, Mutex, PoisonError};
 
@@ -52,6 +53,9 @@ const MAX_SALT_B64_LEN: usize = (MAX_SALT_LEN * 4).div_ceil(3);
 /// against, 16 bytes like the salts we make. It need not be secret: the dummy only
 /// exists to cost the same work.
 const DUMMY_SALT: [u8; SALT_LEN] = [0; SALT_LEN];
+/// Checks one source may have at the [`PasswordGate`] at once, waiting or running,
+/// unless set otherwise: the server's default per-source cap on logins in progress.
+pub const DEFAULT_GATE_PER_SOURCE: usize = 8;
 
 thread_local! {
     /// PBKDF2 iterations this thread has run through [`run_pbkdf2`].
@@ -332,17 +336,104 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
+/// Who asks the [`PasswordGate`] for a permit: where the login comes from and the
+/// account it claims (known or not: the gate treats both alike, so it reveals
+/// nothing about which names exist).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GateKey {
+    /// The source address (or network), as a number; see the server's per-source
+    /// limits.
+    pub source: u128,
+    /// The claimed account name.
+    pub account: String,
+    /// The source is penalised for earlier failures: it comes after everyone else.
+    pub penalised: bool,
+}
+
+/// Why the [`PasswordGate`] turned a login away without a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateRefusal {
+    /// A check for the same account from the same source is already at the gate: a
+    /// second one could only be a guess racing the first.
+    AccountBusy,
+    /// The source already has as many checks at the gate as it may.
+    SourceBusy,
+}
+
+impl fmt::Display for GateRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GateRefusal::AccountBusy => {
+                "a password check for this user from this address is already under way"
+            }
+            GateRefusal::SourceBusy => "too many password checks from this address at once",
+        })
+    }
+}
+
+/// The gate's bookkeeping, under its lock.
+#[derive(Default)]
+struct GateState {
+    in_use: usize,
+    next_ticket: u64,
+    /// Waiting checks in arrival order: `(ticket, key, granted)`.
+    waiting: Vec<(u64, Option<GateKey>, bool)>,
+    /// Per source: checks at the gate (waiting or running) and permits held.
+    sources: HashMap<u128, (usize, usize)>,
+    /// Per account: permits held.
+    accounts: HashMap<String, usize>,
+    /// (source, account) pairs at the gate.
+    pairs: HashSet<(u128, String)>,
+}
+
+impl GateState {
+    /// Hands a permit to `key`'s holder.
+    fn grant(&mut self, key: Option<&GateKey>) {
+        self.in_use += 1;
+        if let Some(k) = key {
+            self.sources.entry(k.source).or_default().1 += 1;
+            *self.accounts.entry(k.account.clone()).or_default() += 1;
+        }
+    }
+
+    /// The waiting check that gets the next permit: sources in good standing first,
+    /// then the source holding the fewest permits, then the account holding the
+    /// fewest, then the one waiting longest. So one address cannot take every permit
+    /// while another waits, nor can one account (a name attacked from many
+    /// addresses) while another account's login waits.
+    fn next(&self) -> Option<usize> {
+        let rank = |key: &Option<GateKey>, ticket: u64| match key {
+            Some(k) => (
+                k.penalised,
+                self.sources.get(&k.source).map_or(0, |s| s.1),
+                self.accounts.get(&k.account).copied().unwrap_or(0),
+                ticket,
+            ),
+            None => (false, 0, 0, ticket),
+        };
+        self.waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, granted))| !granted)
+            .min_by_key(|(_, (ticket, key, _))| rank(key, *ticket))
+            .map(|(i, _)| i)
+    }
+}
+
 /// A counting semaphore that lets at most one PBKDF2 computation per core run at a
 /// time, so a flood of logins queues up here instead of starving the threads that
-/// relay messages.
+/// relay messages; and that hands its permits out fairly (see [`GateKey`]), so that
+/// one address or one account cannot monopolise them.
 pub struct PasswordGate {
     permits: usize,
-    in_use: Mutex<usize>,
+    per_source: usize,
+    state: Mutex<GateState>,
     freed: Condvar,
 }
 
 impl PasswordGate {
-    /// A gate with one permit per available core (one if that cannot be found out).
+    /// A gate with one permit per available core (one if that cannot be found out),
+    /// and at most 8 checks at the gate per source.
     pub fn new() -> PasswordGate {
         PasswordGate::with_permits(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
@@ -352,9 +443,17 @@ impl PasswordGate {
     pub fn with_permits(permits: usize) -> PasswordGate {
         PasswordGate {
             permits: permits.max(1),
-            in_use: Mutex::new(0),
+            per_source: DEFAULT_GATE_PER_SOURCE,
+            state: Mutex::new(GateState::default()),
             freed: Condvar::new(),
         }
+    }
+
+    /// The same gate with at most `n` checks per source at the gate, waiting or
+    /// running (at least one).
+    pub fn per_source(mut self, n: usize) -> PasswordGate {
+        self.per_source = n.max(1);
+        self
     }
 
     /// How many holders the gate admits at once.
@@ -362,17 +461,83 @@ impl PasswordGate {
         self.permits
     }
 
-    /// Waits for a permit; it is given back when the returned guard is dropped.
+    /// Waits for a permit as nobody in particular (no per-source or per-account
+    /// bound, no turn-taking); it is given back when the returned guard is dropped.
     pub fn acquire(&self) -> Permit<'_> {
-        let mut in_use = lock(&self.in_use);
-        while *in_use >= self.permits {
-            in_use = self
-                .freed
-                .wait(in_use)
-                .unwrap_or_else(PoisonError::into_inner);
+        self.wait(None)
+    }
+
+    /// Waits for a permit for a check from `key`, or refuses at once if that source
+    /// already has a check of the same account at the gate, or as many checks as it
+    /// may. The permit is given back when the returned guard is dropped.
+    pub fn enter(&self, key: GateKey) -> Result<Permit<'_>, GateRefusal> {
+        {
+            let mut st = lock(&self.state);
+            if st.pairs.contains(&(key.source, key.account.clone())) {
+                return Err(GateRefusal::AccountBusy);
+            }
+            let at_gate = st.sources.get(&key.source).map_or(0, |s| s.0);
+            if at_gate >= self.per_source {
+                return Err(GateRefusal::SourceBusy);
+            }
+            st.pairs.insert((key.source, key.account.clone()));
+            st.sources.entry(key.source).or_default().0 += 1;
         }
-        *in_use += 1;
-        Permit { gate: self }
+        Ok(self.wait(Some(key)))
+    }
+
+    fn wait(&self, key: Option<GateKey>) -> Permit<'_> {
+        let mut st = lock(&self.state);
+        if st.in_use < self.permits && st.waiting.iter().all(|w| w.2) {
+            st.grant(key.as_ref());
+            return Permit { gate: self, key };
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.waiting.push((ticket, key, false));
+        loop {
+            st = self
+                .freed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(i) = st.waiting.iter().position(|w| w.0 == ticket) {
+                if st.waiting[i].2 {
+                    let (_, key, _) = st.waiting.remove(i);
+                    return Permit { gate: self, key };
+                }
+            }
+        }
+    }
+
+    /// Gives a permit back and hands it to the next waiting check.
+    fn release(&self, key: Option<&GateKey>) {
+        let mut st = lock(&self.state);
+        st.in_use = st.in_use.saturating_sub(1);
+        if let Some(k) = key {
+            if let Some(s) = st.sources.get_mut(&k.source) {
+                s.0 = s.0.saturating_sub(1);
+                s.1 = s.1.saturating_sub(1);
+                if *s == (0, 0) {
+                    st.sources.remove(&k.source);
+                }
+            }
+            if let Some(n) = st.accounts.get_mut(&k.account) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.accounts.remove(&k.account);
+                }
+            }
+            st.pairs.remove(&(k.source, k.account.clone()));
+        }
+        if st.in_use < self.permits {
+            if let Some(i) = st.next() {
+                let key = st.waiting[i].1.clone();
+                st.grant(key.as_ref());
+                st.waiting[i].2 = true;
+                drop(st);
+                self.freed.notify_all();
+            }
+        }
     }
 }
 
@@ -385,14 +550,12 @@ impl Default for PasswordGate {
 /// A permit from a [`PasswordGate`]; dropping it lets the next waiter in.
 pub struct Permit<'a> {
     gate: &'a PasswordGate,
+    key: Option<GateKey>,
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut in_use = lock(&self.gate.in_use);
-        *in_use = in_use.saturating_sub(1);
-        drop(in_use);
-        self.gate.freed.notify_one();
+        self.gate.release(self.key.as_ref());
     }
 }
 

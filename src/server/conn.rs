@@ -7,11 +7,12 @@
 //! the registry lock while it closes a socket, and never let a path out skip the
 //! logout or the guards.
 
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::limits::{PreloginGuard, TotalGuard};
+use super::limits::{Incoming, PreloginGuard, TotalGuard};
+use super::prelogin::Outcome;
 use super::{login, reader, writer, Shared};
 use crate::outbox;
 use crate::registry::{Conn, Requester};
@@ -19,16 +20,25 @@ use crate::registry::{Conn, Requester};
 /// Runs a connection from its login to its end; called on a login thread.
 pub(super) fn connection(
     shared: &Arc<Shared>,
-    stream: Arc<TcpStream>,
-    peer: SocketAddr,
+    incoming: Incoming,
     id: u64,
-    prelogin: PreloginGuard<'_, Arc<TcpStream>>,
+    mut prelogin: PreloginGuard,
     total: TotalGuard,
 ) {
-    let Some((name, login_res, est)) = login::login(shared, &stream, peer, id) else {
-        let _ = stream.shutdown(Shutdown::Both);
-        return;
+    let Incoming {
+        stream,
+        peer,
+        accepted,
+    } = incoming;
+    let (name, login_res, est) = match login::login(shared, &stream, peer, id, accepted) {
+        Ok(done) => done,
+        Err(outcome) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            prelogin.set_outcome(outcome);
+            return;
+        }
     };
+    prelogin.set_outcome(Outcome::LoggedIn);
     drop(prelogin);
     let uid = est.uid;
     let (tx, rx) = outbox::outbox(shared.config.queue_len);
@@ -51,9 +61,14 @@ pub(super) fn connection(
     log::info!("{peer}: {name} logged in");
     let sh = shared.clone();
     let sender = est.sender;
-    let writer_spawned = shared
-        .connection_threads
-        .spawn(move || writer::writer(&sh, write_half, sender, rx, wake, uid, login_res));
+    let peer_of_writer = writer::Peer {
+        addr: peer,
+        name: name.clone(),
+        uid,
+    };
+    let writer_spawned = shared.connection_threads.spawn(move || {
+        writer::writer(&sh, write_half, sender, rx, wake, peer_of_writer, login_res)
+    });
     // The reader continues on a small connection thread; this one, whose stack grew
     // during the login's RSA and PBKDF2 work, goes back to the login threads.
     let sh = shared.clone();

@@ -1,25 +1,21 @@
-//! What connections may cost before and after login: the table of connections still
-//! logging in, the connection count, the memory-mapping budget, the thread sizes,
-//! and the rate of security warnings.
+//! What connections may cost before and after login: admission to the table of
+//! connections still logging in (the table itself is [`super::prelogin`]), the
+//! connection count, the memory-mapping budget, the thread sizes, and the rate of
+//! security warnings.
 //!
 //! It exists so that every pre-authentication limit and every resource bound of the
 //! server is in one place with its reason (OpenSSH's MaxStartups and LoginGraceTime
 //! are the model). It must never parse untrusted bytes, never block on a socket, and
 //! never hold one of its locks while closing a connection or logging.
 
-use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{lock, Config, Shared};
-
-/// When every pre-login slot is taken, a connection that has been logging in for at
-/// least this long is closed to make room for the new one. A real client sends its
-/// whole login request at once and is answered within milliseconds, so only idle or
-/// dribbling connections are this old; without this, a thousand idle connections
-/// would lock real users out for the whole grace time.
-pub const PRELOGIN_EVICT_AGE: Duration = Duration::from_secs(1);
+use super::prelogin::{Actions, Caps, Outcome, Source, Why, PRELOGIN_EVICT_AGE};
+use super::{conn, lock, Config, Shared};
+use crate::crypto;
 /// Memory mappings a logged-in connection costs: two threads, each with a stack, its
 /// guard page, a signal stack and its guard page.
 pub const MAPS_PER_CONNECTION: usize = 8;
@@ -130,78 +126,150 @@ impl WarnLimiter {
     }
 }
 
-/// What [`Prelogin::enter`] did with a new connection.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Entry<H> {
-    /// It is in the table.
-    Admitted,
-    /// It is in the table, in place of this one, which has been logging in for at
-    /// least [`PRELOGIN_EVICT_AGE`] and which the caller closes.
-    Evicted(H),
-    /// Every slot is taken by a connection younger than [`PRELOGIN_EVICT_AGE`]: the
-    /// caller closes the new one.
-    Full,
-}
-
-/// Connections still logging in: when each started, and a handle to close it.
-pub(super) struct Prelogin<H> {
-    table: Mutex<HashMap<u64, (Instant, H)>>,
-}
-
-impl<H> Prelogin<H> {
-    pub(super) fn new() -> Self {
-        Prelogin {
-            table: Mutex::new(HashMap::new()),
-        }
+/// The pre-login table's limits from the configuration.
+pub(super) fn caps(config: &Config) -> Caps {
+    Caps {
+        max: config.max_prelogin,
+        early_drop: config.early_drop,
+        per_source: config.max_prelogin_per_source,
+        penalties: config.penalties,
     }
+}
 
-    /// Enters connection `id`, started `now`, unless `max` connections are logging in
-    /// already: then the oldest makes room if it is old enough.
-    pub(super) fn enter(&self, id: u64, handle: H, max: usize, now: Instant) -> Entry<H> {
-        let mut table = lock(&self.table);
-        let mut entry = Entry::Admitted;
-        if table.len() >= max {
-            let oldest = table
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, (t, _))| (*k, *t));
-            match oldest {
-                Some((old, since))
-                    if now.saturating_duration_since(since) >= PRELOGIN_EVICT_AGE =>
-                {
-                    if let Some((_, h)) = table.remove(&old) {
-                        entry = Entry::Evicted(h);
-                    }
-                }
-                _ => return Entry::Full,
+/// A connection accepted and not yet logged in: what its login thread needs.
+#[derive(Clone)]
+pub(super) struct Incoming {
+    pub(super) stream: Arc<TcpStream>,
+    pub(super) peer: SocketAddr,
+    /// When it was accepted: its login grace runs from here, however long it waited
+    /// for a place.
+    pub(super) accepted: Instant,
+}
+
+/// Admits a connection the listener accepted: counts it, then starts its login,
+/// queues it behind its source's earlier connections, or closes it.
+pub(super) fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let sh = &**shared;
+    if sh.total.load(Ordering::Acquire) >= sh.config.max_connections {
+        sh.warnings.warn(format_args!(
+            "{peer}: refused, {} connections open",
+            sh.config.max_connections
+        ));
+        return;
+    }
+    let id = sh.next_conn.fetch_add(1, Ordering::Relaxed);
+    sh.total.fetch_add(1, Ordering::AcqRel);
+    let now = Instant::now();
+    let incoming = Incoming {
+        stream: Arc::new(stream),
+        peer,
+        accepted: now,
+    };
+    let actions = sh
+        .prelogin
+        .arrive(id, Source::of(peer.ip()), incoming, now, roll());
+    carry_out(shared, actions, Some(peer));
+}
+
+/// A random number below 100 for random early drop (0, which drops, if the system's
+/// generator fails: refusing under pressure is the safe side).
+fn roll() -> u32 {
+    crypto::random_array::<4>().map_or(0, |b| u32::from_le_bytes(b) % 100)
+}
+
+/// Closes and starts what the pre-login table decided, outside its lock. `arrived`
+/// names the connection whose arrival this is, for the log.
+pub(super) fn carry_out(
+    shared: &Arc<Shared>,
+    mut actions: Actions<Incoming>,
+    arrived: Option<SocketAddr>,
+) {
+    let sh = &**shared;
+    loop {
+        for c in actions.close.drain(..) {
+            let peer = c.handle.peer;
+            match c.why {
+                Why::Full(max) => sh.warnings.warn(format_args!(
+                    "{peer}: refused, {max} connections still logging in"
+                )),
+                Why::EarlyDrop => sh.warnings.warn(format_args!(
+                    "{peer}: refused, random early drop ({} connections still logging in)",
+                    sh.prelogin.len()
+                )),
+                Why::QueueFull(source) => sh.warnings.warn(format_args!(
+                    "{peer}: refused, too many connections from {source} waiting to log in"
+                )),
+                Why::Evicted => match arrived {
+                    Some(new) => sh.warnings.warn(format_args!(
+                        "{peer}: closed, did not log in within {PRELOGIN_EVICT_AGE:?}, to admit {new}"
+                    )),
+                    None => sh.warnings.warn(format_args!(
+                        "{peer}: closed, did not log in within {PRELOGIN_EVICT_AGE:?}"
+                    )),
+                },
+            }
+            let _ = c.handle.stream.shutdown(Shutdown::Both);
+            if !c.had_thread {
+                sh.total.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        table.insert(id, (now, handle));
-        entry
-    }
-
-    /// Whether connection `id` is still in the table (it was not evicted).
-    pub(super) fn contains(&self, id: u64) -> bool {
-        lock(&self.table).contains_key(&id)
-    }
-
-    /// Connections in the table: those still logging in.
-    pub(super) fn len(&self) -> usize {
-        lock(&self.table).len()
-    }
-
-    /// Takes connection `id` out of the table (it logged in, or it ended).
-    pub(super) fn leave(&self, id: u64) {
-        lock(&self.table).remove(&id);
+        let mut failed = Actions::default();
+        for (id, incoming) in actions.run.drain(..) {
+            let shared2 = shared.clone();
+            let peer = incoming.peer;
+            let spawned = sh.login_threads.spawn(move || {
+                let total = TotalGuard(shared2.clone());
+                let prelogin = PreloginGuard::new(shared2.clone(), id);
+                conn::connection(&shared2, incoming, id, prelogin, total);
+            });
+            if let Err(e) = spawned {
+                log::warn!("{peer}: cannot start a connection thread: {e}");
+                sh.total.fetch_sub(1, Ordering::AcqRel);
+                let next = sh.prelogin.leave(id, Outcome::ServerSide, Instant::now());
+                failed.run.extend(next.run);
+                failed.close.extend(next.close);
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        actions = failed;
     }
 }
 
-/// Keeps a connection in the pre-login table until it logs in or ends.
-pub(super) struct PreloginGuard<'a, H>(pub(super) &'a Prelogin<H>, pub(super) u64);
+/// Keeps a connection in the pre-login table until it logs in or ends, then gives
+/// its place to the next one, with the outcome that sets its source's penalty (a
+/// connection that ends without saying how sent no login request).
+pub(super) struct PreloginGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    outcome: Outcome,
+}
 
-impl<H> Drop for PreloginGuard<'_, H> {
+impl PreloginGuard {
+    pub(super) fn new(shared: Arc<Shared>, id: u64) -> Self {
+        PreloginGuard {
+            shared,
+            id,
+            outcome: Outcome::NoRequest,
+        }
+    }
+
+    /// Records how the login ended.
+    pub(super) fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for PreloginGuard {
     fn drop(&mut self) {
-        self.0.leave(self.1);
+        let next = self
+            .shared
+            .prelogin
+            .leave(self.id, self.outcome, Instant::now());
+        if !next.is_empty() {
+            carry_out(&self.shared, next, None);
+        }
     }
 }
 
@@ -218,37 +286,5 @@ mod tests {
         );
         assert_eq!(connection_capacity(1_000, 100, 64), 0);
         assert!(connection_capacity(1 << 20, 100, 64) > super::super::DEFAULT_MAX_CONNECTIONS);
-    }
-
-    #[test]
-    fn a_full_prelogin_table_refuses_while_every_connection_in_it_is_young() {
-        let table = Prelogin::new();
-        let start = Instant::now();
-        assert_eq!(table.enter(1, "a", 2, start), Entry::Admitted);
-        assert_eq!(table.enter(2, "b", 2, start), Entry::Admitted);
-        let soon = start + PRELOGIN_EVICT_AGE / 2;
-        assert_eq!(table.enter(3, "c", 2, soon), Entry::Full);
-        assert!(!table.contains(3));
-    }
-
-    #[test]
-    fn a_full_prelogin_table_evicts_its_oldest_connection_once_it_is_old_enough() {
-        let table = Prelogin::new();
-        let start = Instant::now();
-        assert_eq!(table.enter(1, "old", 2, start), Entry::Admitted);
-        let later = start + PRELOGIN_EVICT_AGE / 2;
-        assert_eq!(table.enter(2, "young", 2, later), Entry::Admitted);
-        let then = start + PRELOGIN_EVICT_AGE;
-        assert_eq!(table.enter(3, "new", 2, then), Entry::Evicted("old"));
-        assert!(!table.contains(1) && table.contains(2) && table.contains(3));
-    }
-
-    #[test]
-    fn a_prelogin_guard_takes_its_connection_out_of_the_table() {
-        let table = Prelogin::new();
-        assert_eq!(table.enter(7, (), 1, Instant::now()), Entry::Admitted);
-        drop(PreloginGuard(&table, 7));
-        assert!(!table.contains(7));
-        assert_eq!(table.enter(8, (), 1, Instant::now()), Entry::Admitted);
     }
 }

@@ -6,7 +6,9 @@
 //! spawns. The rest is split by job:
 //!
 //! - `state_dir`: the state directory's lock and the server key, at start-up;
-//! - `limits`: the pre-login table, the connection count, the memory-mapping
+//! - `prelogin`: the table of connections still logging in, with its caps per
+//!   source, queues, penalties and random early drop (I/O-free);
+//! - `limits`: admission to that table, the connection count, the memory-mapping
 //!   budget, thread sizes and the warning rate;
 //! - `conn`: one connection's life, from its login to its logout;
 //! - `login`, `reader`, `writer`: its login thread, reader thread (parse and
@@ -42,6 +44,7 @@ pub mod keys;
 mod limits;
 mod login;
 pub mod ops;
+mod prelogin;
 mod reader;
 mod state_dir;
 mod timers;
@@ -51,7 +54,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::mpsc::{self, Receiver as ChanReceiver};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -66,8 +69,12 @@ use crate::threads::{ThreadCache, IDLE_THREAD_LINGER};
 pub use error::{RunError, StartError};
 use journal::{Batch, Inflight};
 use keys::ServerKeys;
-pub use limits::{connection_capacity, MAPS_PER_CONNECTION, PRELOGIN_EVICT_AGE};
-use limits::{Entry, Prelogin, PreloginGuard, TotalGuard, WarnLimiter};
+pub use limits::{connection_capacity, MAPS_PER_CONNECTION};
+use limits::{Incoming, WarnLimiter};
+use prelogin::Prelogin;
+pub use prelogin::{
+    EarlyDrop, Penalties, PENALISED_DECRYPT_INTERVAL, PRELOGIN_EVICT_AGE, QUEUED_PER_SOURCE,
+};
 pub use state_dir::{load_server_key, LOCK_FILE, SERVER_KEY_FILE, SERVER_PUB_FILE};
 use timers::Timers;
 
@@ -79,6 +86,16 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/mpchat";
 pub const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(10);
 /// Connections still logging in, at most.
 pub const DEFAULT_MAX_PRELOGIN: usize = 64;
+/// Random early drop from half the pre-login cap, at 30% there (OpenSSH's
+/// MaxStartups default has the same shape: 10:30:100).
+pub const DEFAULT_EARLY_DROP: EarlyDrop = EarlyDrop {
+    start: DEFAULT_MAX_PRELOGIN / 2,
+    rate: 30,
+};
+/// Connections from one source (an IPv4 address or an IPv6 /64) still logging in,
+/// at most: a NAT with a few users logging in at once fits; one source alone fills an
+/// eighth of the table.
+pub const DEFAULT_MAX_PRELOGIN_PER_SOURCE: usize = 8;
 /// Connections in all, at most.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// How long init_res waits for the invitees online at creation to answer.
@@ -104,6 +121,12 @@ pub struct Config {
     pub login_grace: Duration,
     /// Cap on connections still logging in.
     pub max_prelogin: usize,
+    /// Random early drop below that cap.
+    pub early_drop: EarlyDrop,
+    /// Cap on connections from one source still logging in (more wait their turn).
+    pub max_prelogin_per_source: usize,
+    /// What failed logins cost their source.
+    pub penalties: Penalties,
     /// Cap on connections in all.
     pub max_connections: usize,
     /// Login timestamp window (±).
@@ -132,6 +155,9 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.to_string(),
             login_grace: DEFAULT_LOGIN_GRACE,
             max_prelogin: DEFAULT_MAX_PRELOGIN,
+            early_drop: DEFAULT_EARLY_DROP,
+            max_prelogin_per_source: DEFAULT_MAX_PRELOGIN_PER_SOURCE,
+            penalties: Penalties::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             login_window: handshake::DEFAULT_LOGIN_WINDOW,
             invite_wait: DEFAULT_INVITE_WAIT,
@@ -164,8 +190,8 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Signalled when the registry's suspension ends (see [`Registry::suspend`]).
     resumed: Condvar,
-    /// Connections still logging in.
-    prelogin: Prelogin<Arc<TcpStream>>,
+    /// Connections still logging in, and those waiting for a place.
+    prelogin: Prelogin<Incoming>,
     total: AtomicUsize,
     next_conn: AtomicU64,
     timers: Timers,
@@ -317,11 +343,18 @@ impl Server {
             keys: RwLock::new(Arc::new(keys)),
             who: control::WhoTable::default(),
             users,
-            gate: PasswordGate::new(),
-            replay: Mutex::new(ReplayCache::new(handshake::REPLAY_CACHE_CAPACITY)),
+            gate: PasswordGate::new().per_source(config.max_prelogin_per_source),
+            // Requests stamped before this process started are refused: an earlier
+            // process may have accepted them, and its cache is gone.
+            replay: Mutex::new(ReplayCache::starting_at(
+                handshake::REPLAY_CACHE_CAPACITY,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            )),
             registry: Mutex::new(Registry::new(sessions, recovered.last_lsn)),
             resumed: Condvar::new(),
-            prelogin: Prelogin::new(),
+            prelogin: Prelogin::new(limits::caps(&config)),
             total: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             timers: Timers::new(),
@@ -413,8 +446,11 @@ impl Server {
 
     /// Accepts connections forever.
     fn accept_loop(self) {
-        for stream in self.listener.incoming() {
-            let stream = match stream {
+        loop {
+            // The address comes with the connection: asked for later, it is gone if
+            // the peer has reset the connection meanwhile, and the connection would
+            // go unlogged.
+            let (stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) => {
                     log::warn!("accept failed: {e}");
@@ -426,52 +462,7 @@ impl Server {
             // The writer gathers what is queued into one write, so Nagle's algorithm
             // would only add delayed-ACK stalls.
             let _ = stream.set_nodelay(true);
-            self.admit(Arc::new(stream));
-        }
-    }
-
-    fn admit(&self, stream: Arc<TcpStream>) {
-        let sh = &self.shared;
-        let peer = match stream.peer_addr() {
-            Ok(p) => p,
-            Err(_) => return,
-        };
-        if sh.total.load(Ordering::Acquire) >= sh.config.max_connections {
-            sh.warnings.warn(format_args!(
-                "{peer}: refused, {} connections open",
-                sh.config.max_connections
-            ));
-            return;
-        }
-        let id = sh.next_conn.fetch_add(1, Ordering::Relaxed);
-        match sh
-            .prelogin
-            .enter(id, stream.clone(), sh.config.max_prelogin, Instant::now())
-        {
-            Entry::Admitted => {}
-            Entry::Evicted(old) => {
-                sh.warnings.warn(format_args!("closed a connection that did not log in within {PRELOGIN_EVICT_AGE:?} to admit {peer}"));
-                let _ = old.shutdown(Shutdown::Both);
-            }
-            Entry::Full => {
-                sh.warnings.warn(format_args!(
-                    "{peer}: refused, {} connections still logging in",
-                    sh.config.max_prelogin
-                ));
-                return;
-            }
-        }
-        sh.total.fetch_add(1, Ordering::AcqRel);
-        let shared = self.shared.clone();
-        let spawned = sh.login_threads.spawn(move || {
-            let total = TotalGuard(shared.clone());
-            let prelogin = PreloginGuard(&shared.prelogin, id);
-            conn::connection(&shared, stream, peer, id, prelogin, total);
-        });
-        if let Err(e) = spawned {
-            log::warn!("{peer}: cannot start a connection thread: {e}");
-            sh.total.fetch_sub(1, Ordering::AcqRel);
-            sh.prelogin.leave(id);
+            limits::admit(&self.shared, stream, peer);
         }
     }
 }

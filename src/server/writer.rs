@@ -4,13 +4,16 @@
 //!
 //! It exists so that every outgoing frame is sealed and written by one thread, with
 //! its own sequence numbers, and a large backlog is paced by the socket rather than
-//! queued. It must never write to the socket while it holds the registry lock, never
-//! deliver a message that is not stored (the registry offers only durable ones), and
-//! never read from the socket.
+//! queued. A peer that stops reading cannot hold it forever: a write that makes no
+//! progress for the heartbeat time-out closes the connection (as an IRC server drops
+//! a client past its SendQ); nothing is lost, since what was not acknowledged is
+//! delivered again at the next login. It must never write to the socket while it
+//! holds the registry lock, never deliver a message that is not stored (the registry
+//! offers only durable ones), and never read from the socket.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +28,13 @@ const DELIVERY_BATCH: usize = 64;
 /// Bytes a writer gathers before one write system call.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// Who a writer writes to, for its log lines.
+pub(super) struct Peer {
+    pub(super) addr: SocketAddr,
+    pub(super) name: String,
+    pub(super) uid: u64,
+}
+
 /// The writer thread: owns the outgoing MTP state, drains the queue, and pulls
 /// deliveries from the store when woken.
 pub(super) fn writer(
@@ -33,13 +43,18 @@ pub(super) fn writer(
     mut sender: mtp::Sender,
     rx: Inbox<Out>,
     wake: Arc<AtomicBool>,
-    uid: u64,
+    peer: Peer,
     login_res: Vec<u8>,
 ) {
+    let Peer { addr, name, uid } = peer;
     let mut buf = login_res;
     let mut cursors: HashMap<u64, u64> = HashMap::new();
     let mut invited: HashSet<u64> = HashSet::new();
+    // A write that moves no byte for this long ends the connection (the socket's
+    // send time-out; a partial write starts it again).
+    let stall = shared.config.heartbeat_timeout;
     let result = (|| -> io::Result<()> {
+        stream.set_write_timeout(Some(stall))?;
         (&*stream).write_all(&buf)?;
         buf.clear();
         while let Some(first) = rx.recv() {
@@ -63,6 +78,22 @@ pub(super) fn writer(
                             uid,
                         )?;
                     }
+                    Out::Replaced => {
+                        // Why this connection ends, then the end: what is still
+                        // queued was for a connection the user no longer has.
+                        sender
+                            .seal_into(
+                                MsgType::CloseReq,
+                                0,
+                                0,
+                                &[&proto::CloseReq.encode()],
+                                &mut buf,
+                            )
+                            .map_err(io::Error::other)?;
+                        (&*stream).write_all(&buf)?;
+                        log::info!("{addr}: {name} replaced by another login of the same user");
+                        return Ok(());
+                    }
                 }
                 flush_full(&stream, &mut buf)?;
                 next = rx.try_recv();
@@ -72,8 +103,14 @@ pub(super) fn writer(
         }
         Ok(())
     })();
-    if let Err(e) = result {
-        log::debug!("writer for uid {uid:016x} ends: {e}");
+    match result {
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            shared.warnings.warn(format_args!(
+                "{addr}: {name} stopped reading: no write progress for {stall:?}; closing the connection"
+            ));
+        }
+        Err(e) => log::debug!("writer for uid {uid:016x} ends: {e}"),
+        Ok(()) => {}
     }
     let _ = stream.shutdown(Shutdown::Both);
 }

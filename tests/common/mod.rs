@@ -692,3 +692,97 @@ pub fn wait_for_log(server: &Server, what: &str, pred: impl Fn(&str) -> bool) ->
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A TCP relay whose connections to the server come from another loopback address
+/// (such as 127.0.0.2), so that a test can play two hosts: connecting to
+/// [`Relay::addr`] reaches the server from `source`. Stable Rust cannot bind a
+/// client socket before connecting it (and these tests have no libc binding), so
+/// this runs perl's core `Socket` in one process, which relays both ways,
+/// half-closes each side when the other ends, and exits with the test.
+pub struct Relay {
+    child: Child,
+    /// Where the test connects.
+    pub addr: SocketAddr,
+    /// The address the server sees.
+    pub source: std::net::IpAddr,
+}
+
+impl Relay {
+    /// Starts a relay to `server` whose connections come from `source`.
+    pub fn start(server: SocketAddr, source: &str) -> Relay {
+        const SCRIPT: &str = r#"
+            use strict; use warnings; use Socket; use IO::Select;
+            my ($port, $src) = @ARGV;
+            socket(my $l, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+            bind($l, pack_sockaddr_in(0, inet_aton("127.0.0.1"))) or die "bind: $!";
+            listen($l, 1024) or die "listen: $!";
+            my ($me) = unpack_sockaddr_in(getsockname($l));
+            $| = 1; print "$me\n";
+            my $sel = IO::Select->new($l);
+            my (%other, %done);
+            sub drop_pair { my ($a) = @_; my $b = $other{fileno $a};
+                for my $h ($a, $b) { next unless $h; $sel->remove($h);
+                    delete $other{fileno $h}; delete $done{fileno $h}; close $h; } }
+            while (1) {
+                exit 0 if getppid() == 1;
+                for my $fh ($sel->can_read(1)) {
+                    if ($fh == $l) {
+                        accept(my $c, $l) or next;
+                        socket(my $s, PF_INET, SOCK_STREAM, 0) or do { close $c; next };
+                        if (!bind($s, pack_sockaddr_in(0, inet_aton($src)))
+                            || !connect($s, pack_sockaddr_in($port, inet_aton("127.0.0.1")))) {
+                            close $c; close $s; next;
+                        }
+                        $other{fileno $c} = $s; $other{fileno $s} = $c;
+                        $sel->add($c, $s);
+                        next;
+                    }
+                    my $to = $other{fileno $fh} or next;
+                    my $n = sysread($fh, my $buf, 65536);
+                    if (!defined $n) { drop_pair($fh); next; }
+                    if ($n == 0) {
+                        $sel->remove($fh); shutdown($to, 1); $done{fileno $fh} = 1;
+                        drop_pair($fh) if $done{fileno $to};
+                        next;
+                    }
+                    my $off = 0;
+                    while ($off < $n) {
+                        my $w = syswrite($to, $buf, $n - $off, $off);
+                        if (!defined $w) { drop_pair($fh); last; }
+                        $off += $w;
+                    }
+                }
+            }
+        "#;
+        let mut child = Command::new("perl")
+            .arg("-e")
+            .arg(SCRIPT)
+            .arg(server.port().to_string())
+            .arg(source)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("this test needs perl to connect from another loopback address");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the relay did not say its port: {line:?}"));
+        Relay {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            source: source.parse().expect("a source address"),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
