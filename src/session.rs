@@ -1020,6 +1020,125 @@ mod tests {
         assert_eq!(send(&mut s, A, b"1"), 3);
     }
 
+    /// Creates session `sid` by `creator` inviting `invitees`, live.
+    fn create(s: &mut Sessions, sid: u64, creator: u64, invitees: &[u64]) -> Result<(), Reason> {
+        let rec = s.plan_init(
+            sid,
+            named(creator),
+            "K".into(),
+            invitees.iter().map(|&u| named(u)).collect(),
+        )?;
+        assert!(s.apply(&rec));
+        assert!(s.apply(&Record::Live { sid }));
+        Ok(())
+    }
+
+    #[test]
+    fn a_user_may_have_only_so_many_sessions_open() {
+        let mut s = Sessions::new(Limits {
+            max_open_sessions: 2,
+            ..Limits::default()
+        });
+        create(&mut s, 1, A, &[B]).unwrap();
+        create(&mut s, 2, A, &[C]).unwrap();
+        assert_eq!(create(&mut s, 3, A, &[B]), Err(Reason::TooManySessions));
+        // Another user's sessions do not count against A's.
+        create(&mut s, 4, B, &[A]).unwrap();
+        assert_eq!(s.open_sessions_of(A), 2);
+        s.apply(&s.plan_close(1, A).unwrap());
+        assert_eq!(s.open_sessions_of(A), 1);
+        create(&mut s, 3, A, &[B]).unwrap();
+    }
+
+    #[test]
+    fn a_user_may_hold_only_so_many_unanswered_invitations() {
+        let mut s = Sessions::new(Limits {
+            max_pending_invitations: 2,
+            ..Limits::default()
+        });
+        create(&mut s, 1, A, &[C]).unwrap();
+        create(&mut s, 2, B, &[C]).unwrap();
+        assert_eq!(
+            create(&mut s, 3, A, &[B, C]),
+            Err(Reason::TooManyInvitations("userc".into()))
+        );
+        assert_eq!(s.pending_invitations_of(C), 2);
+        // Declining, accepting or the session closing each free one.
+        s.apply(&s.plan_answer(1, C, InviteRes::Deny).unwrap());
+        assert_eq!(s.pending_invitations_of(C), 1);
+        create(&mut s, 3, A, &[C]).unwrap();
+        s.apply(&s.plan_answer(3, C, InviteRes::Accept("KC".into())).unwrap());
+        s.apply(&s.plan_close(2, B).unwrap());
+        assert_eq!(s.pending_invitations_of(C), 0);
+    }
+
+    #[test]
+    fn one_authors_backlog_is_bounded_across_sessions() {
+        let mut s = Sessions::new(Limits {
+            user_backlog_bytes: 10,
+            ..Limits::default()
+        });
+        create(&mut s, 1, A, &[B]).unwrap();
+        create(&mut s, 2, A, &[B]).unwrap();
+        for sid in [1, 2] {
+            s.apply(&s.plan_answer(sid, B, InviteRes::Accept("KB".into())).unwrap());
+        }
+        let mut send = |s: &mut Sessions, sid, body: &[u8]| {
+            let rec = s.plan_message(sid, A, body)?;
+            assert!(s.apply(&rec));
+            Ok::<(), Reason>(())
+        };
+        send(&mut s, 1, b"1234").unwrap();
+        send(&mut s, 2, b"123456").unwrap();
+        assert_eq!(send(&mut s, 1, b"1"), Err(Reason::UserBacklogFull));
+        // B's messages are B's: they do not count against A.
+        let rec = s.plan_message(1, B, b"from b").unwrap();
+        s.apply(&rec);
+        assert_eq!((s.backlog_bytes_of(A), s.backlog_bytes_of(B)), (10, 6));
+        // Acknowledged, or closed with its session, a message no longer counts.
+        s.apply(&s.plan_ack(2, B, 1).unwrap());
+        assert_eq!(s.backlog_bytes_of(A), 4);
+        send(&mut s, 1, b"123").unwrap();
+        s.apply(&s.plan_close(1, A).unwrap());
+        assert_eq!((s.backlog_bytes_of(A), s.backlog_bytes_of(B)), (0, 0));
+    }
+
+    #[test]
+    fn per_user_counts_rebuilt_from_a_snapshot_match_the_live_ones() {
+        let mut s = Sessions::new(Limits::default());
+        create(&mut s, 1, A, &[B, C]).unwrap();
+        create(&mut s, 2, B, &[C]).unwrap();
+        s.apply(&s.plan_answer(1, B, InviteRes::Accept("KB".into())).unwrap());
+        let rec = s.plan_message(1, A, b"hello").unwrap();
+        s.apply(&rec);
+        create(&mut s, 3, A, &[C]).unwrap();
+        s.apply(&s.plan_close(3, A).unwrap());
+        let rebuilt = Sessions::from_parts(
+            *s.limits(),
+            s.iter().cloned().collect(),
+            s.closed_sids().copied(),
+        );
+        for uid in [A, B, C] {
+            assert_eq!(
+                (
+                    rebuilt.open_sessions_of(uid),
+                    rebuilt.pending_invitations_of(uid),
+                    rebuilt.backlog_bytes_of(uid)
+                ),
+                (
+                    s.open_sessions_of(uid),
+                    s.pending_invitations_of(uid),
+                    s.backlog_bytes_of(uid)
+                ),
+                "user {uid:x}"
+            );
+        }
+        assert_eq!(
+            (s.open_sessions_of(A), s.pending_invitations_of(C), s.backlog_bytes_of(A)),
+            (1, 2, 5)
+        );
+    }
+
     #[test]
     fn answers_count_once() {
         let mut s = with_session();

@@ -94,6 +94,11 @@ fn inits(
     (made, refused)
 }
 
+/// The `invited` lines of a sid-0 listing.
+fn text_lines_invited(listing: &str) -> usize {
+    listing.lines().filter(|l| l.contains(" invited ")).count()
+}
+
 /// The distinct refusal texts in `refused`.
 fn reasons(refused: &[Reason]) -> BTreeSet<String> {
     refused.iter().map(|r| r.to_string()).collect()
@@ -169,18 +174,25 @@ fn invitation_flood(attempts: usize) {
     // Carol logs in and is invited to every session that was made, once each.
     let mut carol = Raw::login(&server, "carol", PW);
     carol.send(MsgType::StatusReq, 0, b"");
-    let listing = loop {
-        let (h, p) = carol.recv_type(MsgType::StatusRes);
-        if h.sid == 0 {
-            break text(&p);
+    let mut invite_reqs = BTreeSet::new();
+    let mut listing: Option<String> = None;
+    let invited = loop {
+        if let Some(l) = &listing {
+            let invited = text_lines_invited(l);
+            if invite_reqs.len() >= invited {
+                break invited;
+            }
+        }
+        let (h, p) = carol.recv();
+        match h.typ {
+            MsgType::InviteReq => {
+                invite_reqs.insert(h.sid);
+            }
+            MsgType::StatusRes if h.sid == 0 => listing = Some(text(&p)),
+            _ => {}
         }
     };
-    let invited = listing.lines().filter(|l| l.contains(" invited ")).count();
-    let mut invite_reqs = BTreeSet::new();
-    while invite_reqs.len() < invited {
-        let (h, _) = carol.recv_type(MsgType::InviteReq);
-        invite_reqs.insert(h.sid);
-    }
+    let listing = listing.unwrap_or_default();
     println!(
         "figure: {} init requests inviting one user: {} sessions made, {} refused ({:?}); \
          the invitee was sent {} invitations at login; {}",

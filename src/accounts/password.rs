@@ -371,15 +371,27 @@ impl fmt::Display for GateRefusal {
     }
 }
 
+/// A source's checks at the gate.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+struct AtGate {
+    /// Checks waiting or running.
+    checks: usize,
+    /// Permits held.
+    holding: usize,
+    /// When it was last given a permit (the gate's grant count then; 0: never).
+    last_grant: u64,
+}
+
 /// The gate's bookkeeping, under its lock.
 #[derive(Default)]
 struct GateState {
     in_use: usize,
     next_ticket: u64,
+    grants: u64,
     /// Waiting checks in arrival order: `(ticket, key, granted)`.
     waiting: Vec<(u64, Option<GateKey>, bool)>,
-    /// Per source: checks at the gate (waiting or running) and permits held.
-    sources: HashMap<u128, (usize, usize)>,
+    /// Per source with checks at the gate.
+    sources: HashMap<u128, AtGate>,
     /// Per account: permits held.
     accounts: HashMap<String, usize>,
     /// (source, account) pairs at the gate.
@@ -390,26 +402,34 @@ impl GateState {
     /// Hands a permit to `key`'s holder.
     fn grant(&mut self, key: Option<&GateKey>) {
         self.in_use += 1;
+        self.grants += 1;
         if let Some(k) = key {
-            self.sources.entry(k.source).or_default().1 += 1;
+            let s = self.sources.entry(k.source).or_default();
+            s.holding += 1;
+            s.last_grant = self.grants;
             *self.accounts.entry(k.account.clone()).or_default() += 1;
         }
     }
 
     /// The waiting check that gets the next permit: sources in good standing first,
-    /// then the source holding the fewest permits, then the account holding the
-    /// fewest, then the one waiting longest. So one address cannot take every permit
-    /// while another waits, nor can one account (a name attacked from many
-    /// addresses) while another account's login waits.
+    /// then the source holding the fewest permits, then the one served least
+    /// recently, then the account holding the fewest, then the check waiting
+    /// longest. So sources take turns, one address cannot take every permit while
+    /// another waits, and one account (a name attacked from many addresses) cannot
+    /// either while another account's login waits.
     fn next(&self) -> Option<usize> {
         let rank = |key: &Option<GateKey>, ticket: u64| match key {
-            Some(k) => (
-                k.penalised,
-                self.sources.get(&k.source).map_or(0, |s| s.1),
-                self.accounts.get(&k.account).copied().unwrap_or(0),
-                ticket,
-            ),
-            None => (false, 0, 0, ticket),
+            Some(k) => {
+                let s = self.sources.get(&k.source).copied().unwrap_or_default();
+                (
+                    k.penalised,
+                    s.holding,
+                    s.last_grant,
+                    self.accounts.get(&k.account).copied().unwrap_or(0),
+                    ticket,
+                )
+            }
+            None => (false, 0, 0, 0, ticket),
         };
         self.waiting
             .iter()
@@ -476,12 +496,12 @@ impl PasswordGate {
             if st.pairs.contains(&(key.source, key.account.clone())) {
                 return Err(GateRefusal::AccountBusy);
             }
-            let at_gate = st.sources.get(&key.source).map_or(0, |s| s.0);
+            let at_gate = st.sources.get(&key.source).map_or(0, |s| s.checks);
             if at_gate >= self.per_source {
                 return Err(GateRefusal::SourceBusy);
             }
             st.pairs.insert((key.source, key.account.clone()));
-            st.sources.entry(key.source).or_default().0 += 1;
+            st.sources.entry(key.source).or_default().checks += 1;
         }
         Ok(self.wait(Some(key)))
     }
@@ -515,9 +535,11 @@ impl PasswordGate {
         st.in_use = st.in_use.saturating_sub(1);
         if let Some(k) = key {
             if let Some(s) = st.sources.get_mut(&k.source) {
-                s.0 = s.0.saturating_sub(1);
-                s.1 = s.1.saturating_sub(1);
-                if *s == (0, 0) {
+                s.checks = s.checks.saturating_sub(1);
+                s.holding = s.holding.saturating_sub(1);
+                // A source with nothing at the gate is forgotten, its turn with it:
+                // only a source that keeps checks waiting has a turn to lose.
+                if s.checks == 0 {
                     st.sources.remove(&k.source);
                 }
             }
@@ -562,6 +584,99 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn key(source: u128, account: &str, penalised: bool) -> GateKey {
+        GateKey {
+            source,
+            account: account.into(),
+            penalised,
+        }
+    }
+
+    /// Queues `keys` at `gate` in order, each on its own thread, which reports its
+    /// name on `tx` when it gets its permit and gives it back at once. Returns once
+    /// every one of them waits.
+    fn queue_up(gate: &Arc<PasswordGate>, keys: Vec<GateKey>, tx: &mpsc::Sender<String>) {
+        for k in keys {
+            let (g, tx) = (gate.clone(), tx.clone());
+            let before = lock(&gate.state).waiting.len();
+            std::thread::spawn(move || {
+                let name = format!("{:x}/{}", k.source, k.account);
+                let permit = g.enter(k).expect("admitted to the gate");
+                tx.send(name).unwrap();
+                drop(permit);
+            });
+            while lock(&gate.state).waiting.len() == before {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    #[test]
+    fn the_gate_refuses_a_second_check_of_one_account_from_one_source_and_bounds_a_source() {
+        let gate = Arc::new(PasswordGate::with_permits(1).per_source(2));
+        let held = gate.enter(key(1, "victim", false)).unwrap();
+        assert_eq!(
+            gate.enter(key(1, "victim", false)).err(),
+            Some(GateRefusal::AccountBusy)
+        );
+        // The same account from another source, another account from the same one.
+        let (tx, rx) = mpsc::channel();
+        queue_up(&gate, vec![key(2, "victim", false)], &tx);
+        queue_up(&gate, vec![key(1, "alice", false)], &tx);
+        assert_eq!(
+            gate.enter(key(1, "bob", false)).err(),
+            Some(GateRefusal::SourceBusy)
+        );
+        drop(held);
+        let order: Vec<String> = rx.iter().take(2).collect();
+        assert_eq!(order.len(), 2);
+        // Everything given back: the source may check again.
+        assert!(gate.enter(key(1, "victim", false)).is_ok());
+    }
+
+    #[test]
+    fn the_gate_gives_its_permits_to_sources_in_turn_and_penalised_ones_last() {
+        let gate = Arc::new(PasswordGate::with_permits(1).per_source(8));
+        let held = gate.enter(key(1, "x0", false)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        // The flooding source 1 queued three checks first; source 2 one, then a
+        // penalised source 3 one.
+        queue_up(
+            &gate,
+            vec![
+                key(1, "x1", false),
+                key(1, "x2", false),
+                key(1, "x3", false),
+                key(3, "p", true),
+                key(2, "alice", false),
+            ],
+            &tx,
+        );
+        drop(held);
+        let order: Vec<String> = rx.iter().take(5).collect();
+        assert_eq!(order, ["2/alice", "1/x1", "1/x2", "1/x3", "3/p"]);
+    }
+
+    #[test]
+    fn the_gate_serves_another_account_before_one_that_holds_a_permit() {
+        let gate = Arc::new(PasswordGate::with_permits(2).per_source(8));
+        let held = gate.enter(key(1, "victim", false)).unwrap();
+        let other = gate.enter(key(2, "victim", false)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        queue_up(
+            &gate,
+            vec![key(3, "victim", false), key(4, "alice", false)],
+            &tx,
+        );
+        drop(other);
+        assert_eq!(rx.recv().unwrap(), "4/alice");
+        drop(held);
+        assert_eq!(rx.recv().unwrap(), "3/victim");
+    }
 
     #[test]
     fn debug_output_hides_salt_and_hash() {

@@ -719,11 +719,13 @@ mod tests {
         let third = table.arrive(3, A, "q2", later, 99);
         assert_eq!(closed(&third), [("idle", Why::Evicted)]);
         assert_eq!(ran(&third), ["q1"]);
-        // q1 was accepted early enough to be old already: it yields at once if it has
-        // nothing to show while q2 waits.
-        assert!(table.should_yield(2, later));
-        table.request_read(2, later);
+        // q1's age counts from its arrival, not from its place: once that is old
+        // enough it yields too, while q2 waits, unless its request has arrived.
         assert!(!table.should_yield(2, later));
+        let q1_old = young + PRELOGIN_EVICT_AGE;
+        assert!(table.should_yield(2, q1_old));
+        table.request_read(2, q1_old);
+        assert!(!table.should_yield(2, q1_old));
     }
 
     #[test]
@@ -811,18 +813,24 @@ mod tests {
 
     #[test]
     fn queued_sources_take_free_places_in_turn() {
-        let table = Prelogin::new(caps(2, 1));
+        const C: Source = Source::V4(0x7f00_0003);
+        let table = Prelogin::new(caps(3, 1));
         let now = Instant::now();
         table.arrive(1, A, "a1", now, 99);
-        table.arrive(2, B, "b1", now, 99);
-        for (id, h) in [(3, "a2"), (4, "a3"), (5, "a4")] {
+        for (id, h) in [(2, "a2"), (3, "a3")] {
             assert!(table.arrive(id, A, h, now, 99).is_empty());
         }
-        assert!(table.arrive(6, B, "b2", now, 99).is_empty());
-        // A's place goes to A's queue; B's to B's: each source within its cap.
-        assert_eq!(ran(&table.leave(1, Outcome::LoggedIn, now)), ["a2"]);
-        assert_eq!(ran(&table.leave(2, Outcome::LoggedIn, now)), ["b2"]);
-        assert_eq!(ran(&table.leave(3, Outcome::LoggedIn, now)), ["a3"]);
+        table.arrive(4, B, "b1", now, 99);
+        assert!(table.arrive(5, B, "b2", now, 99).is_empty());
+        table.arrive(6, C, "c1", now, 99);
+        // A and B are past their RSA work: each source has room, the table has none.
+        assert!(table.reached_gate(1, now).is_empty());
+        assert!(table.reached_gate(4, now).is_empty());
+        // Places go to the queued sources in turn, not all to the one queued first.
+        assert_eq!(ran(&table.leave(6, Outcome::LoggedIn, now)), ["a2"]);
+        assert_eq!(ran(&table.leave(1, Outcome::LoggedIn, now)), ["b2"]);
+        assert!(table.leave(4, Outcome::LoggedIn, now).is_empty(), "A is at its cap");
+        assert_eq!(ran(&table.leave(2, Outcome::LoggedIn, now)), ["a3"]);
     }
 
     #[test]
