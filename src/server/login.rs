@@ -138,7 +138,10 @@ pub(super) fn login(
     };
     // A penalised source's RSA decryptions are spaced out.
     let now = Instant::now();
-    let decrypt_at = shared.prelogin.request_read(id, now);
+    let Some(decrypt_at) = shared.prelogin.request_read(id, now) else {
+        // Closed to make room while its request was coming in (already logged).
+        return Err(Outcome::NoRequest);
+    };
     if decrypt_at > now {
         if decrypt_at >= deadline {
             log::info!("{peer}: no login within the grace time");

@@ -226,8 +226,13 @@ enum Stage {
 #[derive(Debug)]
 struct Entry<H> {
     source: Source,
-    /// When the connection was accepted (not when it got its place).
+    /// When the connection was accepted: how long it may wait for its request
+    /// before it gives way by itself ([`Prelogin::should_yield`]).
     since: Instant,
+    /// When it got its place: how long it may hold it before an arrival closes it
+    /// (a connection let in late has its request in the socket, and a thread still
+    /// to read it).
+    placed: Instant,
     stage: Stage,
     handle: H,
 }
@@ -350,7 +355,7 @@ impl<H: Clone> Prelogin<H> {
             (s.starting, s.queued.len())
         };
         if starting < cap && queue_len == 0 {
-            t.start(id, source, now, handle, &mut out);
+            t.start(id, source, now, now, handle, &mut out);
         } else if queue_len >= QUEUED_PER_SOURCE || t.queued >= caps.queued_max() {
             out.close.push(Closing {
                 handle,
@@ -379,24 +384,22 @@ impl<H: Clone> Prelogin<H> {
     /// Connection `id`'s login request has arrived: it can no longer be closed to
     /// make room. Returns when its RSA decryption may start: now, or, for a
     /// penalised source, no sooner than [`PENALISED_DECRYPT_INTERVAL`] after the
-    /// source's previous one.
-    pub fn request_read(&self, id: u64, now: Instant) -> Instant {
+    /// source's previous one; `None` if it was closed to make room meanwhile.
+    pub fn request_read(&self, id: u64, now: Instant) -> Option<Instant> {
         let caps = &self.caps;
         let mut t = self.lock();
-        let Some(e) = t.entries.get_mut(&id) else {
-            return now;
-        };
+        let e = t.entries.get_mut(&id)?;
         e.stage = Stage::Checking;
         let source = e.source;
         let Some(s) = t.sources.get_mut(&source) else {
-            return now;
+            return Some(now);
         };
         if !s.penalised(now, &caps.penalties) {
-            return now;
+            return Some(now);
         }
         let at = s.next_decrypt.max(now);
         s.next_decrypt = at + PENALISED_DECRYPT_INTERVAL;
-        at
+        Some(at)
     }
 
     /// Connection `id` has reached the PBKDF2 gate: its place among its source's
@@ -496,8 +499,16 @@ fn drop_percent(occupied: usize, caps: &Caps) -> u32 {
 }
 
 impl<H: Clone> Table<H> {
-    /// Gives connection `id` of `source`, accepted at `since`, a place.
-    fn start(&mut self, id: u64, source: Source, since: Instant, handle: H, out: &mut Actions<H>) {
+    /// Gives connection `id` of `source`, accepted at `since`, a place at `now`.
+    fn start(
+        &mut self,
+        id: u64,
+        source: Source,
+        since: Instant,
+        now: Instant,
+        handle: H,
+        out: &mut Actions<H>,
+    ) {
         if let Some(s) = self.sources.get_mut(&source) {
             s.starting += 1;
             s.in_table += 1;
@@ -507,6 +518,7 @@ impl<H: Clone> Table<H> {
             Entry {
                 source,
                 since,
+                placed: now,
                 stage: Stage::Reading,
                 handle: handle.clone(),
             },
@@ -514,14 +526,15 @@ impl<H: Clone> Table<H> {
         out.run.push((id, handle));
     }
 
-    /// The oldest connection (of `source`, if given) still waiting for its login
-    /// request after [`PRELOGIN_EVICT_AGE`].
+    /// The connection (of `source`, if given) that has held its place longest while
+    /// still waiting for its login request, if that is [`PRELOGIN_EVICT_AGE`] or
+    /// more.
     fn oldest_reading(&self, now: Instant, source: Option<Source>) -> Option<u64> {
         self.entries
             .iter()
             .filter(|(_, e)| e.stage == Stage::Reading && source.is_none_or(|s| s == e.source))
-            .filter(|(_, e)| now.saturating_duration_since(e.since) >= PRELOGIN_EVICT_AGE)
-            .min_by_key(|(id, e)| (e.since, **id))
+            .filter(|(_, e)| now.saturating_duration_since(e.placed) >= PRELOGIN_EVICT_AGE)
+            .min_by_key(|(id, e)| (e.placed, **id))
             .map(|(id, _)| *id)
     }
 
@@ -569,7 +582,7 @@ impl<H: Clone> Table<H> {
             match started {
                 Some((id, since, handle)) => {
                     self.queued -= 1;
-                    self.start(id, source, since, handle, out);
+                    self.start(id, source, since, now, handle, out);
                     passed = 0;
                 }
                 None => passed += 1,
@@ -719,12 +732,17 @@ mod tests {
         let third = table.arrive(3, A, "q2", later, 99);
         assert_eq!(closed(&third), [("idle", Why::Evicted)]);
         assert_eq!(ran(&third), ["q1"]);
+        assert_eq!(table.request_read(1, later), None, "it was closed");
         // q1's age counts from its arrival, not from its place: once that is old
         // enough it yields too, while q2 waits, unless its request has arrived.
         assert!(!table.should_yield(2, later));
         let q1_old = young + PRELOGIN_EVICT_AGE;
         assert!(table.should_yield(2, q1_old));
-        table.request_read(2, q1_old);
+        // But an arrival cannot close it before it has held its place that long: its
+        // thread may not have read the request already in its socket.
+        let fourth = table.arrive(4, A, "q3", q1_old, 99);
+        assert!(fourth.is_empty(), "{:?}", closed(&fourth));
+        assert!(table.request_read(2, q1_old).is_some());
         assert!(!table.should_yield(2, q1_old));
     }
 
@@ -742,9 +760,12 @@ mod tests {
         assert!(table.arrive(11, A, "b", t0, 99).is_empty(), "queued");
         // RSA decryptions are spaced.
         let first = table.request_read(10, t0);
-        assert_eq!(first, t0);
+        assert_eq!(first, Some(t0));
         assert_eq!(ran(&table.leave(10, Outcome::Refused, t0)), ["b"]);
-        assert_eq!(table.request_read(11, t0), t0 + PENALISED_DECRYPT_INTERVAL);
+        assert_eq!(
+            table.request_read(11, t0),
+            Some(t0 + PENALISED_DECRYPT_INTERVAL)
+        );
         // 20 s of penalty runs down in real time: past 5 s it drops below 15 s.
         let later = t0 + Duration::from_secs(6);
         assert!(!table.penalised(A, later));
