@@ -3,9 +3,8 @@
 //! default PBKDF2 iterations while two users chat, thousands of idle logged-in
 //! connections, a session member that stops reading (closed when its queue fills or
 //! once its writes stall, and given everything at its next login), connections reset
-//! in the middle
-//! of a frame, and what the log says about all of it (security warnings with the peer
-//! address, rate-limited; never a password, key or plaintext).
+//! in the middle of a frame, and what the log says about all of it (security warnings
+//! with the peer address, rate-limited; never a password, key or plaintext).
 //!
 //! Two tests are ignored, each saying why: 10,000 idle connections (more than this
 //! kind of machine's `vm.max_map_count` allows) and a 90-second soak of real logins
