@@ -1274,6 +1274,11 @@ pub enum ServerMessage<'a> {
     MsgRes(MsgRes),
     /// close_req: the header's sid was closed by its creator (the header's uid).
     CloseNotice,
+    /// close_req with sid 0 and uid 0, which names no session: a second login of the
+    /// same user replaced this connection, which the server closes next
+    /// (mpchat-protocol(7), DECISIONS). A client that gets it should not log in
+    /// again, or two clients of one user take turns closing each other.
+    Replaced,
     /// close_res: the reply to a close_req on the header's sid.
     CloseRes(CloseRes),
     /// status_req, sid 0: the heartbeat; answer [`Online`] with sid 0.
@@ -1285,7 +1290,8 @@ pub enum ServerMessage<'a> {
 impl<'a> ServerMessage<'a> {
     /// Decodes a frame from the server (header and opened payload), checking the
     /// header's sid and uid against the design as well: replies carry uid 0, an
-    /// invitation, delivery or close notice a non-zero sid and uid, a heartbeat sid 0.
+    /// invitation, delivery or close notice a non-zero sid and uid, a heartbeat sid 0
+    /// (close_req with sid and uid both 0 is the notice [`ServerMessage::Replaced`]).
     /// init_req and invite_res are never sent by a server.
     pub fn decode(header: &Header, payload: &'a [u8]) -> Result<ServerMessage<'a>, Malformed> {
         let (sid, uid) = (header.sid, header.uid);
@@ -1321,6 +1327,9 @@ impl<'a> ServerMessage<'a> {
             MsgType::MsgRes => reply(ServerMessage::MsgRes(MsgRes::decode(payload)?)),
             MsgType::CloseReq => {
                 CloseReq::decode(payload)?;
+                if sid == 0 && uid == 0 {
+                    return Ok(ServerMessage::Replaced);
+                }
                 pushed(ServerMessage::CloseNotice)
             }
             MsgType::CloseRes => reply(ServerMessage::CloseRes(CloseRes::decode(payload)?)),
@@ -1345,7 +1354,7 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Invite => InviteReq::TYPE,
             ServerMessage::Delivery(_) => Delivery::TYPE,
             ServerMessage::MsgRes(_) => MsgRes::TYPE,
-            ServerMessage::CloseNotice => CloseReq::TYPE,
+            ServerMessage::CloseNotice | ServerMessage::Replaced => CloseReq::TYPE,
             ServerMessage::CloseRes(_) => CloseRes::TYPE,
             ServerMessage::Heartbeat => StatusReq::TYPE,
             ServerMessage::Status(_) => StatusRes::TYPE,
@@ -1359,7 +1368,7 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Invite => InviteReq.encode(),
             ServerMessage::Delivery(m) => m.encode(),
             ServerMessage::MsgRes(m) => m.encode(),
-            ServerMessage::CloseNotice => CloseReq.encode(),
+            ServerMessage::CloseNotice | ServerMessage::Replaced => CloseReq.encode(),
             ServerMessage::CloseRes(m) => m.encode(),
             ServerMessage::Heartbeat => StatusReq.encode(),
             ServerMessage::Status(m) => m.encode(),
@@ -1786,6 +1795,7 @@ mod tests {
                 ServerMessage::MsgRes(MsgRes::Ok(1)),
             ),
             (header(MsgType::CloseReq, 5, 9), ServerMessage::CloseNotice),
+            (header(MsgType::CloseReq, 0, 0), ServerMessage::Replaced),
             (
                 header(MsgType::CloseRes, 5, 0),
                 ServerMessage::CloseRes(CloseRes::Error(Reason::SessionClosed)),
@@ -1813,6 +1823,9 @@ mod tests {
             (header(MsgType::InviteReq, 5, 0), b""),
             (header(MsgType::MsgReq, 5, 0), b"\0\0\0\0\0\0\0\x01e"),
             (header(MsgType::CloseReq, 5, 9), b"x"),
+            (header(MsgType::CloseReq, 0, 0), b"x"),
+            (header(MsgType::CloseReq, 0, 9), b""),
+            (header(MsgType::CloseReq, 5, 0), b""),
             (header(MsgType::StatusReq, 5, 0), b""),
             (header(MsgType::StatusRes, 0, 0), b"Online"),
             (header(MsgType::InitReq, 0, 0), b"K\nbob\n"),

@@ -369,3 +369,48 @@ fn a_line_that_is_not_utf8_gets_an_error_and_the_client_goes_on() {
         "{noise_lines:?}"
     );
 }
+
+#[test]
+fn a_second_client_of_the_same_user_replaces_the_first_which_says_why_and_stops() {
+    let server = Server::start(&[]);
+    let u = users(&server, &["alice"]);
+    // Two installations of one user: the second gets a copy of the first's files
+    // (two processes must not share a config directory).
+    let mut elsewhere = u[0].clone();
+    elsewhere.config_dir = common::temp_dir("elsewhere");
+    for entry in std::fs::read_dir(&u[0].config_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, elsewhere.config_dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut first = Client::start(&server, &u[0]);
+    first.send("/status");
+    first.expect("status none");
+    let mut second = Client::start(&server, &elsewhere);
+    second.send("/status");
+    second.expect("status none");
+    // The first is told why and stops, instead of logging in again and taking the
+    // connection back (which would make the two close each other in turn).
+    assert_eq!(
+        first.expect("error connection"),
+        "error connection replaced by another login of alice; not reconnecting"
+    );
+    let (status, transcript) = first.finish();
+    assert_eq!(status.code(), Some(1), "{transcript:?}");
+    assert!(
+        !transcript.iter().any(|l| l == "connected"),
+        "the first client logged in again: {transcript:?}"
+    );
+    // The second keeps its connection: the first has exited, so no login can come.
+    second.send("/status");
+    second.expect("status none");
+    let logins = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("alice logged in"))
+        .count();
+    assert_eq!(logins, 2, "log:\n{}", server.log());
+    let (status, transcript) = second.finish();
+    assert!(status.success(), "{transcript:?}");
+}

@@ -26,6 +26,13 @@ pub enum Event {
         /// Why the connection ended.
         reason: String,
     },
+    /// The server closed the connection because another login of the same user
+    /// replaced it; the client stops rather than take the connection back:
+    /// `error connection replaced by another login of USER; not reconnecting`.
+    Replaced {
+        /// Our own username.
+        user: String,
+    },
     /// A session created by `/init` is live: `init SID ok`.
     Init {
         /// The new session.
@@ -265,6 +272,10 @@ impl Event {
             Event::Reconnecting { reason } => {
                 format!("error connection {}; reconnecting", e(reason))
             }
+            Event::Replaced { user } => format!(
+                "error connection replaced by another login of {}; not reconnecting",
+                e(user)
+            ),
             Event::Init { sid } => format!("init {} ok", id_hex(*sid)),
             Event::Invite { sid, from } => format!(
                 "invite {} {}",

@@ -1136,6 +1136,7 @@ impl Core {
             ServerMessage::MsgRes(MsgRes::Ok(n)) => self.msg_res(h.sid, Ok(n.to_string())),
             ServerMessage::MsgRes(MsgRes::Error(r)) => self.msg_res(h.sid, Err(r)),
             ServerMessage::CloseNotice => self.closed(h.sid),
+            ServerMessage::Replaced => self.replaced(),
             ServerMessage::CloseRes(CloseRes::Ok) => self.close_res(h.sid, Ok(())),
             ServerMessage::CloseRes(CloseRes::Error(r)) => self.close_res(h.sid, Err(r)),
             ServerMessage::Heartbeat => self.heartbeat(),
@@ -1212,6 +1213,20 @@ impl Core {
             Ok(n) => self.emit(Event::Sent { sid, n }),
             Err(r) => self.emit(Event::sid_error("msg", sid, r.to_string())),
         }
+    }
+
+    /// Another login of our user replaced this connection, and the server closes it.
+    /// Logging in again would close that other client's connection in turn, and the
+    /// two would take turns for ever: say why, and stop (exit status 1).
+    fn replaced(&mut self) {
+        self.connected = false;
+        self.connection_lost();
+        let user = self.user.clone();
+        self.emit(Event::Replaced { user: user.clone() });
+        self.exit(Err(ClientError::Server(format!(
+            "the connection was replaced by another login of {user}; \
+             stop the other client, or use another account, to connect from here"
+        ))));
     }
 
     /// The creator closed the session.
@@ -1787,6 +1802,30 @@ mod tests {
         );
         c.handle(Input::EndOfInput, 0);
         assert!(c.exited);
+    }
+
+    #[test]
+    fn a_connection_replaced_by_another_login_says_so_and_stops() {
+        let mut c = core();
+        c.handle(line("/status"), 0);
+        let out = show(c.handle(frame(MsgType::CloseReq, 0, ""), 0));
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(
+            out[..2],
+            [
+                "error connection lost with 1 request(s) unanswered",
+                "error connection replaced by another login of carol; not reconnecting"
+            ]
+        );
+        assert!(out[2].starts_with("exit Err(Server("), "{}", out[2]);
+        // The close that follows changes nothing: the client is done.
+        assert!(c.handle(Input::Lost("end of stream".into()), 0).is_empty());
+        // A close notice for a session is still just that.
+        let mut c = core();
+        assert_eq!(
+            show(c.handle(frame(MsgType::CloseReq, SID, ""), 0)),
+            [format!("closed {}", encoding::id_hex(SID))]
+        );
     }
 
     #[test]
