@@ -1081,9 +1081,12 @@ mod tests {
         create(&mut s, 1, A, &[B]).unwrap();
         create(&mut s, 2, A, &[B]).unwrap();
         for sid in [1, 2] {
-            s.apply(&s.plan_answer(sid, B, InviteRes::Accept("KB".into())).unwrap());
+            s.apply(
+                &s.plan_answer(sid, B, InviteRes::Accept("KB".into()))
+                    .unwrap(),
+            );
         }
-        let mut send = |s: &mut Sessions, sid, body: &[u8]| {
+        let send = |s: &mut Sessions, sid, body: &[u8]| {
             let rec = s.plan_message(sid, A, body)?;
             assert!(s.apply(&rec));
             Ok::<(), Reason>(())
@@ -1134,7 +1137,11 @@ mod tests {
             );
         }
         assert_eq!(
-            (s.open_sessions_of(A), s.pending_invitations_of(C), s.backlog_bytes_of(A)),
+            (
+                s.open_sessions_of(A),
+                s.pending_invitations_of(C),
+                s.backlog_bytes_of(A)
+            ),
             (1, 2, 5)
         );
     }

@@ -247,7 +247,10 @@ fn during(what: &str, span: Duration, flood: impl FnOnce(&Server) -> Flood) {
     let flood = flood(&server);
     let deadline = Instant::now() + WAIT;
     while flood.attempts() < 16 {
-        assert!(Instant::now() < deadline, "the {what} flood made no progress");
+        assert!(
+            Instant::now() < deadline,
+            "the {what} flood made no progress"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let same = std::thread::scope(|s| {
@@ -290,7 +293,9 @@ fn during(what: &str, span: Duration, flood: impl FnOnce(&Server) -> Flood) {
 
 #[test]
 fn real_logins_get_through_a_flood_of_idle_sockets_from_another_address() {
-    during("idle-socket", Duration::from_secs(3), |s| idle_sockets(s.addr));
+    during("idle-socket", Duration::from_secs(3), |s| {
+        idle_sockets(s.addr)
+    });
 }
 
 #[test]
@@ -310,7 +315,9 @@ fn real_logins_get_through_a_wrong_password_flood_from_another_address() {
 #[test]
 #[ignore = "a 20-second soak; run by hand for the figures"]
 fn soak_real_logins_during_a_flood_of_idle_sockets() {
-    during("idle-socket", Duration::from_secs(20), |s| idle_sockets(s.addr));
+    during("idle-socket", Duration::from_secs(20), |s| {
+        idle_sockets(s.addr)
+    });
 }
 
 #[test]

@@ -220,7 +220,9 @@ fn invitation_flood(attempts: usize) {
         }
     }
     drop(carol);
-    wait_for_log(&server, "carol's logout", |l| l.contains("carol disconnected"));
+    wait_for_log(&server, "carol's logout", |l| {
+        l.contains("carol disconnected")
+    });
     let (again, refused) = inits(&mut raws[0], 2, |_| vec!["carol".into()]);
     assert_eq!((again.len(), refused.len()), (1, 1));
 }
@@ -366,8 +368,8 @@ fn closed_session_churn(count: usize) {
             assert!(closed.insert(h.sid), "sid {:x} issued twice", h.sid);
         }
     }
-    let snapshot = std::fs::metadata(server.state.join(mpchat::store::SNAPSHOT_FILE))
-        .map_or(0, |m| m.len());
+    let snapshot =
+        std::fs::metadata(server.state.join(mpchat::store::SNAPSHOT_FILE)).map_or(0, |m| m.len());
     let rss_after = server.rss_kib();
     println!(
         "figure: {count} sessions created and closed: snapshot {snapshot} B ({:.1} B per closed sid); \

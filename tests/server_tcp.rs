@@ -849,7 +849,11 @@ fn a_login_request_captured_before_a_restart_is_refused_after_it() {
     let mut copy = TcpStream::connect(server.addr).unwrap();
     let me = copy.local_addr().unwrap();
     copy.write_all(&frame).unwrap();
-    assert_closed_without_reply(&mut copy, PROMPT, "a login request replayed after a restart");
+    assert_closed_without_reply(
+        &mut copy,
+        PROMPT,
+        "a login request replayed after a restart",
+    );
     let line = wait_for_warning_about(&server, me);
     assert!(line.contains("before the server started"), "{line}");
     // The replay neither logged in nor displaced the real user.

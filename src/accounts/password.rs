@@ -516,10 +516,7 @@ impl PasswordGate {
         st.next_ticket += 1;
         st.waiting.push((ticket, key, false));
         loop {
-            st = self
-                .freed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            st = self.freed.wait(st).unwrap_or_else(PoisonError::into_inner);
             if let Some(i) = st.waiting.iter().position(|w| w.0 == ticket) {
                 if st.waiting[i].2 {
                     let (_, key, _) = st.waiting.remove(i);

@@ -314,7 +314,14 @@ impl<H: Clone> Prelogin<H> {
     /// A connection `id` from `source` was accepted at `now`. `roll` is a random
     /// number below 100, for random early drop. It is given a place (it appears in
     /// [`Actions::run`]), queued behind its source's earlier connections, or closed.
-    pub fn arrive(&self, id: u64, source: Source, handle: H, now: Instant, roll: u32) -> Actions<H> {
+    pub fn arrive(
+        &self,
+        id: u64,
+        source: Source,
+        handle: H,
+        now: Instant,
+        roll: u32,
+    ) -> Actions<H> {
         let caps = &self.caps;
         let mut out = Actions::default();
         let mut t = self.lock();
@@ -431,8 +438,7 @@ impl<H: Clone> Prelogin<H> {
         };
         e.stage == Stage::Reading
             && now.saturating_duration_since(e.since) >= PRELOGIN_EVICT_AGE
-            && t
-                .sources
+            && t.sources
                 .get(&e.source)
                 .is_some_and(|s| !s.queued.is_empty())
     }
@@ -850,7 +856,10 @@ mod tests {
         // Places go to the queued sources in turn, not all to the one queued first.
         assert_eq!(ran(&table.leave(6, Outcome::LoggedIn, now)), ["a2"]);
         assert_eq!(ran(&table.leave(1, Outcome::LoggedIn, now)), ["b2"]);
-        assert!(table.leave(4, Outcome::LoggedIn, now).is_empty(), "A is at its cap");
+        assert!(
+            table.leave(4, Outcome::LoggedIn, now).is_empty(),
+            "A is at its cap"
+        );
         assert_eq!(ran(&table.leave(2, Outcome::LoggedIn, now)), ["a3"]);
     }
 
@@ -865,9 +874,18 @@ mod tests {
             Source::of(ip("2001:db8:1:2::1")),
             Source::of(ip("2001:db8:1:3::1"))
         );
-        assert_eq!(Source::of(ip("::ffff:127.0.0.2")), Source::of(ip("127.0.0.2")));
-        assert_ne!(Source::of(ip("127.0.0.1")).key(), Source::of(ip("::1")).key());
-        assert_eq!(Source::of(ip("2001:db8:1:2::1")).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            Source::of(ip("::ffff:127.0.0.2")),
+            Source::of(ip("127.0.0.2"))
+        );
+        assert_ne!(
+            Source::of(ip("127.0.0.1")).key(),
+            Source::of(ip("::1")).key()
+        );
+        assert_eq!(
+            Source::of(ip("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1:2::/64"
+        );
         assert_eq!(Source::of(ip("127.0.0.2")).to_string(), "127.0.0.2");
     }
 }

@@ -104,7 +104,12 @@ pub(super) fn writer(
         Ok(())
     })();
     match result {
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             shared.warnings.warn(format_args!(
                 "{addr}: {name} stopped reading: no write progress for {stall:?}; closing the connection"
             ));
