@@ -285,7 +285,13 @@ struct Table<H> {
     /// Sources with queued connections, in turn order.
     turns: VecDeque<Source>,
     queued: usize,
+    /// When quiet sources were last forgotten (a scan of every source, so at most
+    /// once per [`FORGET_EVERY`]).
+    last_forget: Option<Instant>,
 }
+
+/// How often the table forgets quiet sources: each time it scans them all.
+const FORGET_EVERY: Duration = Duration::from_secs(1);
 
 /// The connections still logging in, and the queues of those waiting for a place.
 pub struct Prelogin<H> {
@@ -303,6 +309,7 @@ impl<H: Clone> Prelogin<H> {
                 sources: HashMap::new(),
                 turns: VecDeque::new(),
                 queued: 0,
+                last_forget: None,
             }),
         }
     }
@@ -600,19 +607,22 @@ impl<H: Clone> Table<H> {
     }
 
     /// Forgets sources with nothing in the table, nothing queued and no penalty left;
-    /// past [`MAX_REMEMBERED_SOURCES`], forgets quiet sources' penalties too.
+    /// past [`MAX_REMEMBERED_SOURCES`], forgets quiet sources' penalties too. It scans
+    /// every source, so it runs at most once per [`FORGET_EVERY`]: a flood of
+    /// arrivals must not make each one pay for it.
     fn forget_quiet_sources(&mut self, now: Instant) {
-        if self.sources.len() <= MAX_REMEMBERED_SOURCES {
-            // Cheap in the common case: only sources that became idle are dropped,
-            // and only once the map has grown past what the table and queues hold.
-            if self.sources.len() <= 2 * (self.entries.len() + self.queued) + 64 {
-                return;
-            }
-            self.sources.retain(|_, s| !s.idle(now));
+        if self
+            .last_forget
+            .is_some_and(|t| now.saturating_duration_since(t) < FORGET_EVERY)
+        {
             return;
         }
-        self.sources
-            .retain(|_, s| s.in_table > 0 || !s.queued.is_empty());
+        self.last_forget = Some(now);
+        self.sources.retain(|_, s| !s.idle(now));
+        if self.sources.len() > MAX_REMEMBERED_SOURCES {
+            self.sources
+                .retain(|_, s| s.in_table > 0 || !s.queued.is_empty());
+        }
     }
 }
 
@@ -861,6 +871,34 @@ mod tests {
             "A is at its cap"
         );
         assert_eq!(ran(&table.leave(2, Outcome::LoggedIn, now)), ["a3"]);
+    }
+
+    #[test]
+    fn quiet_sources_are_forgotten_once_their_penalty_ran_out() {
+        let table = Prelogin::new(caps(64, 8));
+        let t0 = Instant::now();
+        for id in 0..3 {
+            table.arrive(id, A, "fail", t0, 99);
+            table.leave(id, Outcome::Refused, t0);
+        }
+        table.arrive(10, B, "b", t0, 99);
+        table.leave(10, Outcome::LoggedIn, t0);
+        // B had nothing to remember; A's penalty runs 15 s.
+        table.arrive(11, B, "b", t0 + FORGET_EVERY, 99);
+        assert_eq!(
+            table.lock().sources.len(),
+            2,
+            "A and B (in the table again)"
+        );
+        table.leave(11, Outcome::LoggedIn, t0 + FORGET_EVERY);
+        table.arrive(12, B, "b", t0 + 2 * FORGET_EVERY, 99);
+        assert!(table.lock().sources.contains_key(&A), "A's penalty is kept");
+        let later = t0 + Duration::from_secs(16);
+        table.arrive(13, B, "b", later, 99);
+        assert!(
+            !table.lock().sources.contains_key(&A),
+            "A's penalty ran out"
+        );
     }
 
     #[test]
