@@ -29,8 +29,8 @@ mod users_file;
 pub use admin::{add_user, list_users, remove_user, set_password, AdminError, USERS_LOCK_FILE};
 pub use password::{
     pbkdf2_iterations_run, GateKey, GateRefusal, HashError, PasswordGate, PasswordHash, Permit,
-    PhcError, DEFAULT_GATE_PER_SOURCE, DEFAULT_ITERATIONS, MAX_ITERATIONS, MAX_SALT_LEN,
-    MIN_ITERATIONS, MIN_SALT_LEN, SALT_LEN,
+    PhcError, DEFAULT_ITERATIONS, MAX_ITERATIONS, MAX_SALT_LEN, MIN_ITERATIONS, MIN_SALT_LEN,
+    SALT_LEN,
 };
 pub use users_file::{
     parse_users, LineProblem, UsersFile, UsersFileError, MAX_LINE_LEN, MAX_USERS_FILE_LEN,

@@ -53,9 +53,6 @@ const MAX_SALT_B64_LEN: usize = (MAX_SALT_LEN * 4).div_ceil(3);
 /// against, 16 bytes like the salts we make. It need not be secret: the dummy only
 /// exists to cost the same work.
 const DUMMY_SALT: [u8; SALT_LEN] = [0; SALT_LEN];
-/// Checks one source may have at the [`PasswordGate`] at once, waiting or running,
-/// unless set otherwise: the server's default per-source cap on logins in progress.
-pub const DEFAULT_GATE_PER_SOURCE: usize = 8;
 
 thread_local! {
     /// PBKDF2 iterations this thread has run through [`run_pbkdf2`].
@@ -356,8 +353,6 @@ pub enum GateRefusal {
     /// A check for the same account from the same source is already at the gate: a
     /// second one could only be a guess racing the first.
     AccountBusy,
-    /// The source already has as many checks at the gate as it may.
-    SourceBusy,
 }
 
 impl fmt::Display for GateRefusal {
@@ -366,7 +361,6 @@ impl fmt::Display for GateRefusal {
             GateRefusal::AccountBusy => {
                 "a password check for this user from this address is already under way"
             }
-            GateRefusal::SourceBusy => "too many password checks from this address at once",
         })
     }
 }
@@ -443,17 +437,16 @@ impl GateState {
 /// A counting semaphore that lets at most one PBKDF2 computation per core run at a
 /// time, so a flood of logins queues up here instead of starving the threads that
 /// relay messages; and that hands its permits out fairly (see [`GateKey`]), so that
-/// one address or one account cannot monopolise them.
+/// one address or one account cannot monopolise them. How many checks wait here is
+/// bounded by the caller (the server's pre-login table).
 pub struct PasswordGate {
     permits: usize,
-    per_source: usize,
     state: Mutex<GateState>,
     freed: Condvar,
 }
 
 impl PasswordGate {
-    /// A gate with one permit per available core (one if that cannot be found out),
-    /// and at most 8 checks at the gate per source.
+    /// A gate with one permit per available core (one if that cannot be found out).
     pub fn new() -> PasswordGate {
         PasswordGate::with_permits(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
@@ -463,17 +456,9 @@ impl PasswordGate {
     pub fn with_permits(permits: usize) -> PasswordGate {
         PasswordGate {
             permits: permits.max(1),
-            per_source: DEFAULT_GATE_PER_SOURCE,
             state: Mutex::new(GateState::default()),
             freed: Condvar::new(),
         }
-    }
-
-    /// The same gate with at most `n` checks per source at the gate, waiting or
-    /// running (at least one).
-    pub fn per_source(mut self, n: usize) -> PasswordGate {
-        self.per_source = n.max(1);
-        self
     }
 
     /// How many holders the gate admits at once.
@@ -488,17 +473,13 @@ impl PasswordGate {
     }
 
     /// Waits for a permit for a check from `key`, or refuses at once if that source
-    /// already has a check of the same account at the gate, or as many checks as it
-    /// may. The permit is given back when the returned guard is dropped.
+    /// already has a check of the same account at the gate. The permit is given back
+    /// when the returned guard is dropped.
     pub fn enter(&self, key: GateKey) -> Result<Permit<'_>, GateRefusal> {
         {
             let mut st = lock(&self.state);
             if st.pairs.contains(&(key.source, key.account.clone())) {
                 return Err(GateRefusal::AccountBusy);
-            }
-            let at_gate = st.sources.get(&key.source).map_or(0, |s| s.checks);
-            if at_gate >= self.per_source {
-                return Err(GateRefusal::SourceBusy);
             }
             st.pairs.insert((key.source, key.account.clone()));
             st.sources.entry(key.source).or_default().checks += 1;
@@ -613,8 +594,8 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_refuses_a_second_check_of_one_account_from_one_source_and_bounds_a_source() {
-        let gate = Arc::new(PasswordGate::with_permits(1).per_source(2));
+    fn the_gate_refuses_a_second_check_of_one_account_from_one_source() {
+        let gate = Arc::new(PasswordGate::with_permits(1));
         let held = gate.enter(key(1, "victim", false)).unwrap();
         assert_eq!(
             gate.enter(key(1, "victim", false)).err(),
@@ -624,10 +605,6 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         queue_up(&gate, vec![key(2, "victim", false)], &tx);
         queue_up(&gate, vec![key(1, "alice", false)], &tx);
-        assert_eq!(
-            gate.enter(key(1, "bob", false)).err(),
-            Some(GateRefusal::SourceBusy)
-        );
         drop(held);
         let order: Vec<String> = rx.iter().take(2).collect();
         assert_eq!(order.len(), 2);
@@ -637,7 +614,7 @@ mod tests {
 
     #[test]
     fn the_gate_gives_its_permits_to_sources_in_turn_and_penalised_ones_last() {
-        let gate = Arc::new(PasswordGate::with_permits(1).per_source(8));
+        let gate = Arc::new(PasswordGate::with_permits(1));
         let held = gate.enter(key(1, "x0", false)).unwrap();
         let (tx, rx) = mpsc::channel();
         // The flooding source 1 queued three checks first; source 2 one, then a
@@ -660,7 +637,7 @@ mod tests {
 
     #[test]
     fn the_gate_serves_another_account_before_one_that_holds_a_permit() {
-        let gate = Arc::new(PasswordGate::with_permits(2).per_source(8));
+        let gate = Arc::new(PasswordGate::with_permits(2));
         let held = gate.enter(key(1, "victim", false)).unwrap();
         let other = gate.enter(key(2, "victim", false)).unwrap();
         let (tx, rx) = mpsc::channel();

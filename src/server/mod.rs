@@ -343,7 +343,7 @@ impl Server {
             keys: RwLock::new(Arc::new(keys)),
             who: control::WhoTable::default(),
             users,
-            gate: PasswordGate::new().per_source(config.max_prelogin_per_source),
+            gate: PasswordGate::new(),
             // Requests stamped before this process started are refused: an earlier
             // process may have accepted them, and its cache is gone.
             replay: Mutex::new(ReplayCache::starting_at(

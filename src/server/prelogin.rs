@@ -142,6 +142,24 @@ impl Caps {
     fn queued_max(&self) -> usize {
         (4 * self.max).max(QUEUED_PER_SOURCE)
     }
+
+    /// Places one source may hold at once, those of its connections waiting at the
+    /// password check included: half the table (or its own cap, if more), so that
+    /// a burst of logins from one NAT is queued rather than refused, and one source
+    /// never holds the whole table.
+    fn share(&self) -> usize {
+        self.per_source.max(self.max / 2)
+    }
+
+    /// Whether a source with these counts may start another login now.
+    fn may_start<H>(&self, s: &SourceState<H>, now: Instant) -> bool {
+        let cap = if s.penalised(now, &self.penalties) {
+            1
+        } else {
+            self.per_source
+        };
+        s.starting < cap && s.in_table < self.share()
+    }
 }
 
 /// How a connection's login ended, for the penalty of its source.
@@ -360,15 +378,14 @@ impl<H: Clone> Prelogin<H> {
             return out;
         }
         // The table has room now: it was not full, or a connection was evicted.
-        let cap = if penalised { 1 } else { caps.per_source };
-        let (starting, queue_len) = {
+        let (may_start, queue_len) = {
             let s = t
                 .sources
                 .entry(source)
                 .or_insert_with(|| SourceState::new(now));
-            (s.starting, s.queued.len())
+            (caps.may_start(s, now), s.queued.len())
         };
-        if starting < cap && queue_len == 0 {
+        if may_start && queue_len == 0 {
             t.start(id, source, now, now, handle, &mut out);
         } else if queue_len >= QUEUED_PER_SOURCE || t.queued >= caps.queued_max() {
             out.close.push(Closing {
@@ -417,7 +434,8 @@ impl<H: Clone> Prelogin<H> {
     }
 
     /// Connection `id` has reached the PBKDF2 gate: its place among its source's
-    /// connections goes to the next one queued.
+    /// logins in progress goes to the next one queued (it still holds its place in
+    /// the table, and in its source's share of it).
     pub fn reached_gate(&self, id: u64, now: Instant) -> Actions<H> {
         let mut out = Actions::default();
         let mut t = self.lock();
@@ -580,16 +598,9 @@ impl<H: Clone> Table<H> {
             let Some(s) = self.sources.get_mut(&source) else {
                 continue;
             };
-            let cap = if s.penalised(now, &caps.penalties) {
-                1
-            } else {
-                caps.per_source
-            };
             let mut started = None;
-            if s.starting < cap {
-                if let Some(q) = s.queued.pop_front() {
-                    started = Some(q);
-                }
+            if caps.may_start(s, now) {
+                started = s.queued.pop_front();
             }
             let more = !s.queued.is_empty();
             match started {
@@ -718,6 +729,22 @@ mod tests {
         // Reaching the gate frees the source's place too.
         assert_eq!(ran(&table.reached_gate(2, now)), ["a4"]);
         assert_eq!(table.queued(), 0);
+    }
+
+    #[test]
+    fn a_source_holds_at_most_half_the_table_its_checks_included() {
+        let table = Prelogin::new(caps(8, 2));
+        let now = Instant::now();
+        for id in 0..4 {
+            let a = table.arrive(id, A, "a", now, 99);
+            table.request_read(id, now);
+            table.reached_gate(id, now);
+            assert_eq!(ran(&a), ["a"], "connection {id}");
+        }
+        // Four of eight places: the next waits, though none of A's is starting.
+        assert!(table.arrive(9, A, "a5", now, 99).is_empty());
+        assert_eq!(ran(&table.arrive(10, B, "b", now, 99)), ["b"]);
+        assert_eq!(ran(&table.leave(0, Outcome::LoggedIn, now)), ["a5"]);
     }
 
     #[test]
@@ -851,7 +878,8 @@ mod tests {
     #[test]
     fn queued_sources_take_free_places_in_turn() {
         const C: Source = Source::V4(0x7f00_0003);
-        let table = Prelogin::new(caps(3, 1));
+        const D: Source = Source::V4(0x7f00_0004);
+        let table = Prelogin::new(caps(4, 1));
         let now = Instant::now();
         table.arrive(1, A, "a1", now, 99);
         for (id, h) in [(2, "a2"), (3, "a3")] {
@@ -860,14 +888,15 @@ mod tests {
         table.arrive(4, B, "b1", now, 99);
         assert!(table.arrive(5, B, "b2", now, 99).is_empty());
         table.arrive(6, C, "c1", now, 99);
+        table.arrive(7, D, "d1", now, 99);
         // A and B are past their RSA work: each source has room, the table has none.
         assert!(table.reached_gate(1, now).is_empty());
         assert!(table.reached_gate(4, now).is_empty());
         // Places go to the queued sources in turn, not all to the one queued first.
-        assert_eq!(ran(&table.leave(6, Outcome::LoggedIn, now)), ["a2"]);
-        assert_eq!(ran(&table.leave(1, Outcome::LoggedIn, now)), ["b2"]);
+        assert_eq!(ran(&table.leave(7, Outcome::LoggedIn, now)), ["a2"]);
+        assert_eq!(ran(&table.leave(6, Outcome::LoggedIn, now)), ["b2"]);
         assert!(
-            table.leave(4, Outcome::LoggedIn, now).is_empty(),
+            table.leave(1, Outcome::LoggedIn, now).is_empty(),
             "A is at its cap"
         );
         assert_eq!(ran(&table.leave(2, Outcome::LoggedIn, now)), ["a3"]);
