@@ -1192,6 +1192,7 @@ mod tests {
             *s.limits(),
             s.iter().cloned().collect(),
             s.closed_sids().copied(),
+            std::iter::empty(),
         );
         for uid in [A, B, C] {
             assert_eq!(

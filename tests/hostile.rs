@@ -943,7 +943,7 @@ const STALL_MESSAGES: usize = 200;
 #[test]
 fn a_member_that_stops_reading_is_closed_once_its_writes_stall_and_gets_everything_at_its_next_login(
 ) {
-    let _ = key_line();
+    let _ = key_for("alice");
     // A heartbeat every second, which carol answers without reading: only the write
     // time-out (the heartbeat time-out, 3 s here) can close her connection.
     let server = Server::start(&["--heartbeat", "1", "--heartbeat-timeout", "3"]);

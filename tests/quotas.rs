@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::{key_line, session, text, wait_for_log, Raw, Server};
+use common::{key_for, session, text, wait_for_log, Raw, Server};
 use mpchat::mtp::MsgType;
 use mpchat::proto::{Ack, InitReq, InitRes, InviteRes, MsgRes, Reason, MAX_ENVELOPE_LEN};
 
@@ -71,12 +71,13 @@ fn inits(
     invitees: impl Fn(usize) -> Vec<String>,
 ) -> (Vec<u64>, Vec<Reason>) {
     let (mut made, mut refused) = (Vec::new(), Vec::new());
+    let key = key_for(&raw.name);
     let mut i = 0;
     while i < count {
         let batch = PIPELINE.min(count - i);
         for j in 0..batch {
             let req = InitReq {
-                key: key_line().to_string(),
+                key: key.clone(),
                 invitees: invitees(i + j),
             };
             raw.send(InitReq::TYPE, 0, &req.encode());
@@ -105,7 +106,6 @@ fn reasons(refused: &[Reason]) -> BTreeSet<String> {
 }
 
 fn open_session_flood(attempts: usize) {
-    let _ = key_line();
     let server = Server::start(&[]);
     server.add_user("alice", PW);
     // Offline invitees, enough that none of them reaches its invitation quota.
@@ -151,7 +151,6 @@ fn soak_sixty_thousand_init_requests_from_one_user() {
 }
 
 fn invitation_flood(attempts: usize) {
-    let _ = key_line();
     let server = Server::start(&[]);
     server.add_user("carol", PW);
     // Several creators, each under its own open-session quota.
@@ -289,7 +288,6 @@ fn bobs_acked(alice: &mut Raw, sid: u64) -> u64 {
 }
 
 fn backlog_flood(sessions: usize, args: &[&str], max_bytes: usize) {
-    let _ = key_line();
     let server = Server::start(args);
     server.add_user("alice", PW);
     server.add_user("bob", PW);
@@ -348,7 +346,6 @@ fn soak_forty_backlogs_of_one_mebibyte() {
 }
 
 fn closed_session_churn(count: usize) {
-    let _ = key_line();
     let server = Server::start(&["--compact-bytes", "65536"]);
     server.add_user("alice", PW);
     server.add_user("bob", PW);

@@ -182,6 +182,10 @@ pub fn render(event: &Event, v: &View<'_>) -> Vec<String> {
             "connection lost ({}); reconnecting, your lines wait until it is back",
             escape(reason)
         ))),
+        Event::Replaced { user } => line(v.error(&format!(
+            "{} logged in somewhere else, which replaced this connection; not reconnecting",
+            v.who(user)
+        ))),
         Event::Init { sid } => line(format!(
             "session {} is live; /name {} NAME gives it a name",
             id_hex(*sid),
