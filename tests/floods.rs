@@ -38,8 +38,6 @@ const PW: &str = "floods-correct-pw-77b2";
 const VICTIM_PW: &str = "floods-victim-pw-a9c1";
 /// Where the real users of another host come from.
 const OTHER_HOST: &str = "127.0.0.2";
-/// The login grace time the server runs with (its default).
-const GRACE: Duration = Duration::from_secs(10);
 /// Real logins from the other address are tried this often.
 const REAL_LOGIN_EVERY: Duration = Duration::from_millis(100);
 /// The flood sizes.
@@ -282,11 +280,12 @@ fn during(what: &str, span: Duration, flood: impl FnOnce(&Server) -> Flood) {
         ok * 10 >= tries * 9,
         "during the {what} flood only {ok} of {tries} real logins from {OTHER_HOST} succeeded"
     );
-    let took = alice.unwrap_or_else(|| {
-        panic!("during the {what} flood a real login from the flooding address was refused")
-    });
-    // Not a timing assertion: the server closes a login not done within its grace.
-    assert!(took < GRACE + WAIT, "{took:?}");
+    // The server closes a login not done within its grace time (10 s), so a login
+    // that got in got in within it: no clock needs reading here.
+    assert!(
+        alice.is_some(),
+        "during the {what} flood a real login from the flooding address was refused"
+    );
     let mut server = server;
     assert!(server.is_running());
 }
