@@ -267,6 +267,10 @@ fn a_replacement_signed_by_the_bound_key_rebinds_and_is_pushed_to_the_members() 
     // The new key is the account's now; the old one is refused.
     assert_eq!(init(&mut alice, &line(&new), &["carol"]).1, "OK");
     assert_eq!(init(&mut alice, &line(&old), &["carol"]).1, DIFFERS);
+    // The same request again (a retry after a lost reply: the proof is by the old key,
+    // which is no longer bound) is answered OK, and changes nothing.
+    assert_eq!(replace(&mut alice, &good), (0, "OK".to_string()));
+    assert_eq!(init(&mut alice, &line(&old), &["carol"]).1, DIFFERS);
     // Replacing with the key already bound is a harmless OK.
     let again = KeyReplaceReq {
         key: line(&new),

@@ -38,7 +38,10 @@ pub(super) fn replace_key(
         return refuse(Reason::InvalidKey);
     };
     let bound = shared.with_registry(|reg| reg.binding(me.uid));
-    if let Some(bound_der) = &bound {
+    // A retry after a lost reply names the key already bound, with a proof by the old
+    // key: the replacement is done, so it gets `OK` again rather than a refusal.
+    let already = bound.as_deref() == Some(new.spki_der());
+    if let (Some(bound_der), false) = (&bound, already) {
         let verified = RsaPublic::from_spki_der(bound_der)
             .is_ok_and(|k| bindings::verify_replacement(&k, me.uid, new.spki_der(), &req.proof));
         if !verified {
