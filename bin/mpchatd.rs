@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use mpchat::accounts;
 use mpchat::cli::{self, Arg, Failure, UsageError};
@@ -249,7 +250,7 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             }
             "--state-dir" => config.state_dir = PathBuf::from(v),
             "--listen" => config.listen = v.to_string(),
-            "--login-grace" => config.login_grace = cli::seconds(p, &name, v)?,
+            "--login-grace" => config.login_grace = Duration::from_secs(positive(p, &name, v)?),
             "--max-pending-logins" => {
                 let (full, early_drop) = startups(p, &name, v)?;
                 config.max_prelogin = full;
@@ -260,10 +261,12 @@ fn serve(args: Vec<std::ffi::OsString>) -> Result<(), Failure> {
             }
             "--source-penalty-max" => config.penalties.max = cli::seconds(p, &name, v)?,
             "--max-connections" => config.max_connections = positive(p, &name, v)?,
-            "--login-window" => config.login_window = cli::seconds(p, &name, v)?,
+            "--login-window" => config.login_window = Duration::from_secs(positive(p, &name, v)?),
             "--invite-wait" => config.invite_wait = cli::seconds(p, &name, v)?,
-            "--heartbeat" => config.heartbeat_idle = cli::seconds(p, &name, v)?,
-            "--heartbeat-timeout" => config.heartbeat_timeout = cli::seconds(p, &name, v)?,
+            "--heartbeat" => config.heartbeat_idle = Duration::from_secs(positive(p, &name, v)?),
+            "--heartbeat-timeout" => {
+                config.heartbeat_timeout = Duration::from_secs(positive(p, &name, v)?)
+            }
             "--queue-len" => config.queue_len = positive(p, &name, v)?,
             "--max-participants" => {
                 let n: usize = positive(p, &name, v)?;

@@ -231,6 +231,21 @@ fn mpchatd_rejects_missing_and_invalid_values_with_usage_status() {
         USAGE,
         &["--max-connections must be at least 1"],
     );
+    // A time-out of 0 would close every connection at once (a socket time-out of 0
+    // is refused by the system), so it is a usage error, not a server that serves no one.
+    for flag in [
+        "--heartbeat",
+        "--heartbeat-timeout",
+        "--login-grace",
+        "--login-window",
+    ] {
+        fails(
+            MPCHATD,
+            &[flag, "0"],
+            USAGE,
+            &[&format!("{flag} must be at least 1")],
+        );
+    }
     fails(
         MPCHATD,
         &["--heartbeat", "soon"],
