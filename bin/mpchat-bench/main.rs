@@ -9,9 +9,14 @@
 //! Every server under test is a separate process on loopback, started with a
 //! temporary directory and killed when its guard drops; clients talk to it only over
 //! its real protocol (for mpchat: the library's public `login`, `mtp` and `e2e`
-//! modules, envelopes built before timing). Clients connect one at a time, every
-//! wait has a deadline and every load loop is bounded in messages and in time.
-//! Server CPU and memory are read from `/proc`.
+//! modules; the relay's envelopes are built before timing). Clients connect one at a
+//! time, every wait has a deadline and every load loop is bounded in messages and in
+//! time. Server CPU and memory are read from `/proc`.
+//!
+//! The end-to-end layer's own costs are paid by clients, not by the relay: the bench
+//! measures them apart, with the client's code, in its own process (envelope sizes,
+//! one-time key distribution, CPU per message sent and read) and over a server
+//! (reading a backlog after reconnecting).
 //!
 //! The benchmark is a binary with its own modules, outside the library, and uses only
 //! the library's public API:
@@ -20,6 +25,9 @@
 //! - [`workload`]: the workloads written once over the [`workload::System`] trait,
 //!   which [`mpchatd`], [`ngircd`] and [`plain`] (the plaintext relay) implement;
 //!   [`relay`]: the timed relay runs;
+//! - [`client`]: a v2 client's end-to-end work (the only module naming the library's
+//!   v2 types); [`costs`]: its figures in the bench's process; [`backlog`]: reading
+//!   a backlog over a real server;
 //! - [`net`]: client sockets and framing; [`process`]: the servers as child
 //!   processes; [`proc`]: `/proc`; [`stats`]: medians and percentiles (shared with
 //!   tests/perf.rs); [`error`].
@@ -27,6 +35,9 @@
 //! The benchmark must never assert a timing (figures are reported, not judged), never
 //! print a password, key or message text, and never listen anywhere but loopback.
 
+mod backlog;
+mod client;
+mod costs;
 mod error;
 mod mpchatd;
 mod net;
@@ -54,7 +65,7 @@ usage: mpchat-bench [--quick] [--runs N] [--json FILE] [--mpchatd PATH]
                     [--ngircd PATH | --no-ngircd] [--no-plain] [--no-plain-env]
                     [--only LIST]
                     [--sizes LIST] [--big] [--idle LIST] [--many]
-                    [--login-iterations LIST] [--senders N]
+                    [--login-iterations LIST] [--senders N] [--backlog N]
                     [--time-scale F] [--wait-idle SECS] [--mpchatd-flags FLAGS]
                     [--target ADDR:PORT --target-state-dir DIR]
        mpchat-bench --serve-plain-relay ADDR:PORT
@@ -63,7 +74,7 @@ usage: mpchat-bench [--quick] [--runs N] [--json FILE] [--mpchatd PATH]
 Measures mpchatd (relay, login, memory, durability) on loopback and, in the same run,
 ngIRCd and a built-in plaintext relay on the same workloads; prints medians and the
 ratios, and writes raw results with --json. --quick is the short run of `make bench`.
-LIST is comma-separated; --only takes relay,envelope,login,memory,durability.
+LIST is comma-separated; --only takes relay,envelope,backlog,login,memory,durability.
 --big adds 200-participant sessions, --many 10,000 idle connections.
 --target measures an mpchatd already running on loopback instead of starting one.
 See mpchat-bench(1).";
@@ -79,6 +90,7 @@ const WITH_VALUE: &[&str] = &[
     "--login-iterations",
     "--time-scale",
     "--senders",
+    "--backlog",
     "--wait-idle",
     "--mpchatd-flags",
     "--serve-plain-relay",
@@ -202,6 +214,9 @@ fn run() -> Result<ExitCode, Failure> {
     if let Some(v) = opt("--login-iterations") {
         o.login_iterations = list("--login-iterations", &v)?;
     }
+    if let Some(v) = opt("--backlog") {
+        o.backlog_messages = cli::number::<u64>(p, "--backlog", &v)?.max(1);
+    }
     if let Some(v) = opt("--senders") {
         o.durability_senders = cli::number::<usize>(p, "--senders", &v)?.max(1);
     }
@@ -226,14 +241,24 @@ fn run() -> Result<ExitCode, Failure> {
     if let Some(v) = opt("--only") {
         let only: Vec<&str> = v.split(',').map(str::trim).collect();
         for s in &only {
-            if !["relay", "envelope", "login", "memory", "durability"].contains(s) {
+            if ![
+                "relay",
+                "envelope",
+                "backlog",
+                "login",
+                "memory",
+                "durability",
+            ]
+            .contains(s)
+            {
                 return Err(Failure::Usage(format!(
-                    "{p}: --only takes relay, envelope, login, memory and durability, not {s:?}"
+                    "{p}: --only takes relay, envelope, backlog, login, memory and durability, not {s:?}"
                 )));
             }
         }
         o.relay = only.contains(&"relay");
         o.envelope = only.contains(&"envelope");
+        o.backlog = only.contains(&"backlog");
         o.login = only.contains(&"login");
         o.memory = only.contains(&"memory");
         o.durability = only.contains(&"durability");

@@ -1,20 +1,21 @@
 //! mpchat as a system under test: accounts made with `mpchatd useradd`, an `mpchatd`
 //! started in a temporary state directory (or one already running, `--target`), and
 //! a minimal protocol client built only from the library's public client pieces:
-//! [`ClientLogin`] for the handshake, [`mtp`] for frames, [`e2e::seal`] for the
-//! end-to-end envelopes (built before timing).
+//! [`ClientLogin`] for the handshake, [`mtp`] for frames, and the v2 end-to-end layer
+//! through [`crate::client`]: a session is set up as clients set it up (the creator's
+//! signed member list, then its sender key distributed), and the relay's messages are
+//! `MPM2` envelopes sealed under that key before timing.
 //!
-//! This module must never print a password or a message text, and never leave its
-//! accounts in a `--target` server's users file (they are removed on drop).
+//! This module must never print a password, a key or a message text, and never leave
+//! its accounts in a `--target` server's users file (they are removed on drop).
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,10 +24,11 @@ use mpchat::crypto::{self, RsaPrivate, RsaPublic};
 use mpchat::login::ClientLogin;
 use mpchat::mtp::{self, Header, MsgType};
 use mpchat::proto::{
-    Ack, Answer, Delivery, InitReq, InitRes, InviteRes, MsgRes, Online, StatusRes,
+    Ack, Answer, Delivery, InitReq, InitRes, InviteRes, MsgReq, MsgRes, Online, StatusRes,
 };
 use mpchat::{e2e, fsutil};
 
+use crate::client::{self, Author, Creator, Reader, Taken};
 use crate::error::{fail, lock, BenchError, Ctx};
 use crate::net::{connect, fill_once, Framer, POLL_TICK, SETUP_TIMEOUT};
 use crate::proc::listener_pid;
@@ -34,14 +36,19 @@ use crate::process::{spawn_listening, unix_ns, Daemon, TempDir};
 use crate::relay::{text_of, AckSide, Group, Polled, RecvSide, SendSide};
 use crate::workload::System;
 
-/// Distinct end-to-end envelopes per session: message `n` carries envelope
-/// `n % ENVELOPE_POOL`. The server treats envelopes as opaque bytes, so reusing a few
-/// costs it nothing different, while building one per message (an RSA-PSS signature
-/// each) would make the setup longer than the measurement.
+/// Distinct `MPM2` envelopes per session (iterations 0 to 15 of the sender's chain):
+/// message `n` carries envelope `n % ENVELOPE_POOL`. The server treats envelopes as
+/// opaque bytes, so reusing a few costs it nothing different, and the receivers can
+/// check every delivery's bytes without opening it (the client-side cost of opening
+/// is measured on its own).
 pub const ENVELOPE_POOL: usize = 16;
-/// Most participants of an mpchat session (the server's default limit, creator
-/// included); larger sizes are measured for the baselines only.
-pub const MPCHAT_MAX_PARTICIPANTS: usize = e2e::MAX_RECIPIENTS + 1;
+/// Most participants of an mpchat session: the end-to-end layer's bound (99
+/// recipients), which is also the server's default limit; larger sizes are measured
+/// for the baselines only.
+pub const MPCHAT_MAX_PARTICIPANTS: usize = e2e::envelope::MAX_RECIPIENTS + 1;
+/// The messages of a session's set-up before the relay's: the creator's member list
+/// (`MPS2`, message 1) and its sender key's distribution (`MPK2`, message 2).
+pub const SETUP_MESSAGES: u64 = 2;
 /// Accounts made with `mpchatd useradd` one by one; beyond this the users file is
 /// written once through the library (useradd rewrites and fsyncs the whole file each
 /// time, which would take minutes for thousands of accounts).
@@ -49,7 +56,8 @@ pub const USERADD_MAX: usize = 100;
 /// PBKDF2 iterations of the accounts used for relay, memory and durability figures.
 pub const LOW_ITERATIONS: u32 = 1_000;
 
-/// One account for a server under test: name, password, PBKDF2 iterations.
+/// One account for a server under test: name, password, PBKDF2 iterations, and the
+/// end-to-end key it uses in sessions.
 #[derive(Debug, Clone)]
 pub struct AccountSpec {
     /// Username.
@@ -58,6 +66,10 @@ pub struct AccountSpec {
     pub password: String,
     /// PBKDF2 iterations.
     pub iterations: u32,
+    /// Its identity key: an index into the [`KeyPool`], distinct from every other
+    /// account's on the same server (a v2 server binds one key to one account).
+    /// `None` for accounts that never join a session.
+    pub key: Option<usize>,
 }
 
 impl AccountSpec {
@@ -74,7 +86,14 @@ impl AccountSpec {
             name: name.to_string(),
             password,
             iterations,
+            key: None,
         }
+    }
+
+    /// The same account using key `i` of the [`KeyPool`] in its sessions.
+    pub fn with_key(mut self, i: usize) -> AccountSpec {
+        self.key = Some(i);
+        self
     }
 }
 
@@ -336,8 +355,14 @@ impl MpConn {
             .ctx(|| "send a frame".to_string())
     }
 
+    /// Reads once from the socket (waiting at most [`POLL_TICK`]); `false` when
+    /// nothing arrived.
+    pub fn fill(&mut self) -> Result<bool, BenchError> {
+        fill_once(&mut self.framer, &mut self.stream, "mpchat client")
+    }
+
     /// Opens the next buffered frame, if any; answers heartbeats on the way.
-    fn try_next(&mut self) -> Result<Option<(Header, Vec<u8>)>, BenchError> {
+    pub fn try_next(&mut self) -> Result<Option<(Header, Vec<u8>)>, BenchError> {
         while let Some(r) = self
             .framer
             .next_mtp()
@@ -397,26 +422,93 @@ pub fn accepted_in_status(sid: u64, payload: &[u8]) -> usize {
     }
 }
 
-/// Keys for the relay's end-to-end envelopes.
-pub struct E2eKeys {
-    /// The author's key (signs every envelope).
-    pub author: RsaPrivate,
-    /// Every participant's public key for the envelopes (one key shared by all
-    /// participants: the envelope's size and layout are what a distinct key each
-    /// would give). Each account presents a key of its own to the server, which binds
-    /// one key per account ([`binding_key`]).
-    pub public: RsaPublic,
+/// End-to-end identity keys for the bench's participants, made once per run. A v2
+/// server binds each account to the first key it presents and refuses a key another
+/// account owns, so no two of the bench's accounts on one server share a key; every
+/// server the bench starts has fresh state, so the same keys serve every section.
+pub struct KeyPool {
+    keys: Vec<(RsaPrivate, RsaPublic)>,
+}
+
+impl KeyPool {
+    /// `n` keys of `bits` bits, made on every core.
+    pub fn generate(n: usize, bits: usize) -> Result<KeyPool, BenchError> {
+        let threads = thread::available_parallelism()
+            .map_or(2, |c| c.get())
+            .min(n.max(1));
+        let made: Vec<Result<Vec<RsaPrivate>, BenchError>> = thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let count = n / threads + usize::from(t < n % threads);
+                    s.spawn(move || {
+                        (0..count)
+                            .map(|_| {
+                                RsaPrivate::generate(bits)
+                                    .ctx(|| "make an end-to-end key".to_string())
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(fail("a key-making thread panicked")))
+                })
+                .collect()
+        });
+        let mut keys = Vec::with_capacity(n);
+        for batch in made {
+            keys.extend(batch?.into_iter().map(|k| {
+                let public = k.public();
+                (k, public)
+            }));
+        }
+        Ok(KeyPool { keys })
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Key `i`, which must exist (the run made as many as its sections need).
+    pub fn get(&self, i: usize) -> Result<(&RsaPrivate, &RsaPublic), BenchError> {
+        self.keys.get(i).map(|(k, p)| (k, p)).ok_or_else(|| {
+            fail(format!(
+                "end-to-end key {i} was not made ({} were)",
+                self.len()
+            ))
+        })
+    }
+
+    /// Key `i` modulo the pool's size: for work in the bench's own process, where no
+    /// server binds keys and the cost of a key does not depend on which it is.
+    pub fn cyclic(&self, i: usize) -> Result<(&RsaPrivate, &RsaPublic), BenchError> {
+        if self.keys.is_empty() {
+            return Err(fail("no end-to-end key was made"));
+        }
+        self.get(i % self.len())
+    }
+
+    /// The key of `account`.
+    pub fn of(&self, account: &AccountSpec) -> Result<(&RsaPrivate, &RsaPublic), BenchError> {
+        let i = account
+            .key
+            .ok_or_else(|| fail(format!("account {} has no end-to-end key", account.name)))?;
+        self.get(i)
+    }
 }
 
 /// An mpchatd as one workload sees it: the server, the accounts its clients use
-/// (client `i` logs in as `accounts[i]`) and the end-to-end keys.
+/// (client `i` logs in as `accounts[i]`) and their end-to-end keys.
 pub struct Mpchat<'a> {
     /// The server.
     pub server: &'a MpchatServer,
     /// The accounts, one per client.
     pub accounts: &'a [AccountSpec],
-    /// The keys of the envelopes.
-    pub keys: &'a E2eKeys,
+    /// The keys the accounts name.
+    pub keys: &'a KeyPool,
 }
 
 impl System for Mpchat<'_> {
@@ -442,78 +534,138 @@ impl System for Mpchat<'_> {
         Ok(Box::new(c))
     }
 
-    /// A session of the first `size` accounts, set up over the protocol: everyone
-    /// logs in (one at a time), the first sends init_req naming the others, who
-    /// accept with a key; returns once every participant holds a status showing all
-    /// of them accepted, with the envelopes built.
+    /// A live session of the first `size` accounts set up as clients set it up
+    /// ([`live_session`]), then [`ENVELOPE_POOL`] messages sealed under the creator's
+    /// sender key and checked by one receiver as a client checks them; the relay's
+    /// first message is number 3.
     fn group(&self, size: usize) -> Result<Group, BenchError> {
-        session(self.server, self.accounts, size, self.keys)
+        let accounts_ = self.accounts.get(..size).ok_or_else(|| {
+            fail(format!(
+                "{} accounts for a session of {size}",
+                self.accounts.len()
+            ))
+        })?;
+        let mut live = live_session(self.server, accounts_, self.keys)?;
+        let sid = live.sid;
+        let author_uid = live.conns[0].uid;
+        let mut pool = Vec::with_capacity(ENVELOPE_POOL);
+        for k in 0..ENVELOPE_POOL as u64 {
+            let text = text_of(k);
+            let text = std::str::from_utf8(&text).map_err(|_| fail("text_of is ASCII"))?;
+            let sealed = live.author.seal(text, client::now_ms())?;
+            if sealed.distribution.is_some() {
+                return Err(fail("a fresh sender key was rotated"));
+            }
+            pool.push(sealed.message);
+        }
+        // One receiver reads the set-up and the pool as a client would, so the relay
+        // carries envelopes a client accepts.
+        let (reader_key, _) = self.keys.of(&accounts_[1])?;
+        let (_, creator_key) = self.keys.of(&accounts_[0])?;
+        let creator = Creator {
+            uid: author_uid,
+            name: &accounts_[0].name,
+            key: creator_key,
+        };
+        let mut reader = Reader::new(sid, live.conns[1].uid, reader_key);
+        for env in &live.setup {
+            reader.take(env, author_uid, creator_key, creator)?;
+        }
+        for (k, env) in pool.iter().enumerate() {
+            let text = text_of(k as u64);
+            if reader.take(env, author_uid, creator_key, creator)?
+                != Taken::Text(String::from_utf8_lossy(&text).into_owned())
+            {
+                return Err(fail("an envelope opened to another text"));
+            }
+        }
+        let pool = Arc::new(pool);
+        let wire_bytes = mtp::HEADER_LEN + 8 + pool[0].len() + mtp::MAC_LEN;
+        let mut it = live.conns.into_iter();
+        let creator_conn = it.next().ok_or_else(|| fail("no creator"))?;
+        let receivers: Vec<Box<dyn RecvSide>> = it
+            .map(|c| {
+                Box::new(MpRecv {
+                    conn: c,
+                    sid,
+                    author: author_uid,
+                    pool: pool.clone(),
+                    acked: SETUP_MESSAGES,
+                    last: SETUP_MESSAGES,
+                }) as Box<dyn RecvSide>
+            })
+            .collect();
+        let payload_len = pool[0].len();
+        let (sender, acks) = split_mp_sender(creator_conn, sid, pool)?;
+        Ok(Group::new(
+            wire_bytes,
+            payload_len,
+            Box::new(sender),
+            Some(Box::new(acks)),
+            receivers,
+        )
+        .first_message(SETUP_MESSAGES + 1))
     }
 }
 
-/// The key account `name` presents to the server in init_req and invite_res: the
-/// server binds each account to its first key and refuses a key another account
-/// owns, so every account needs one of its own. Made once per account and process
-/// (an RSA-2048 key takes about 0.1 s), before anything is timed.
-fn binding_key(name: &str) -> Result<String, BenchError> {
-    static KEYS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(Default::default);
-    if let Some(k) = lock(keys).get(name) {
-        return Ok(k.clone());
-    }
-    let made = RsaPrivate::generate(crypto::SERVER_KEY_BITS)
-        .map_err(|_| fail("cannot make a key: the random number generator failed"))?
-        .public()
-        .to_base64();
-    Ok(lock(keys).entry(name.to_string()).or_insert(made).clone())
+/// A live session as [`live_session`] leaves it.
+pub struct LiveSession<'k> {
+    /// The session.
+    pub sid: u64,
+    /// Every participant logged in, the creator first, each having read the set-up.
+    pub conns: Vec<MpConn>,
+    /// The creator's end-to-end state: its statement and its distributed sender key.
+    pub author: Author<'k>,
+    /// The set-up envelopes, messages 1 and 2: the `MPS2` and the `MPK2`.
+    pub setup: Vec<Vec<u8>>,
 }
 
-fn session(
+/// A session of `accounts_` (the first the creator), set up over the protocol as
+/// clients set it up: everyone logs in (one at a time), the creator sends init_req
+/// naming the others, who accept with their own keys; once every participant holds a
+/// status listing all of them as accepted, the creator sends its signed member list
+/// (`MPS2`, message 1) and its sender key's distribution to everyone (`MPK2`, message
+/// 2); returns once the server has numbered both and every other participant has
+/// received both, byte for byte, and acknowledged them.
+pub fn live_session<'k>(
     server: &MpchatServer,
     accounts_: &[AccountSpec],
-    size: usize,
-    keys: &E2eKeys,
-) -> Result<Group, BenchError> {
+    keys: &'k KeyPool,
+) -> Result<LiveSession<'k>, BenchError> {
+    let size = accounts_.len();
     if size > MPCHAT_MAX_PARTICIPANTS {
         return Err(BenchError::Skip(format!(
-            "mpchat sessions hold at most {MPCHAT_MAX_PARTICIPANTS} participants and envelopes at most {} recipients",
-            e2e::MAX_RECIPIENTS
+            "mpchat sessions hold at most {MPCHAT_MAX_PARTICIPANTS} participants (99 recipients of an envelope)"
         )));
     }
-    let accounts_ = accounts_.get(..size).ok_or_else(|| {
-        fail(format!(
-            "{} accounts for a session of {size}",
-            accounts_.len()
-        ))
-    })?;
+    if size < 2 {
+        return Err(fail("a session needs 2 participants"));
+    }
     let deadline = Instant::now() + SETUP_TIMEOUT + Duration::from_millis(100 * size as u64);
-    let key_lines = accounts_
-        .iter()
-        .map(|a| binding_key(&a.name))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deadline = deadline.max(Instant::now() + SETUP_TIMEOUT);
     let mut conns = Vec::with_capacity(size);
     for a in accounts_ {
         conns.push(MpConn::login(server.daemon.addr, &server.key, a)?);
     }
+    let (creator_key, creator_pub) = keys.of(&accounts_[0])?;
     let names: Vec<&str> = accounts_[1..].iter().map(|a| a.name.as_str()).collect();
     conns[0].send(
         MsgType::InitReq,
         0,
         &InitReq {
-            key: key_lines[0].clone(),
+            key: creator_pub.to_base64(),
             invitees: names.iter().map(|n| n.to_string()).collect(),
         }
         .encode(),
     )?;
     let mut sid = 0;
-    for (c, key_line) in conns[1..].iter_mut().zip(&key_lines[1..]) {
+    for (c, a) in conns[1..].iter_mut().zip(&accounts_[1..]) {
         let (h, _) = c.next_of(MsgType::InviteReq, deadline)?;
         sid = h.sid;
+        let (_, public) = keys.of(a)?;
         c.send(
             MsgType::InviteRes,
             sid,
-            &InviteRes::Accept(key_line.clone()).encode(),
+            &InviteRes::Accept(public.to_base64()).encode(),
         )?;
     }
     let (h, p) = conns[0].next_of(MsgType::InitRes, deadline)?;
@@ -533,43 +685,54 @@ fn session(
             }
         }
     }
-    let author = conns[0].uid;
-    let recipients: Vec<(u64, &RsaPublic)> =
-        conns[1..].iter().map(|c| (c.uid, &keys.public)).collect();
-    let mut pool = Vec::with_capacity(ENVELOPE_POOL);
-    for k in 0..ENVELOPE_POOL as u64 {
-        let text = text_of(k);
-        let text = std::str::from_utf8(&text).map_err(|_| fail("text_of is ASCII"))?;
-        pool.push(
-            e2e::seal(sid, author, &keys.author, &recipients, text)
-                .ctx(|| "build an envelope".to_string())?,
-        );
+    let mut recipients = Vec::with_capacity(size - 1);
+    for (c, a) in conns[1..].iter().zip(&accounts_[1..]) {
+        recipients.push((c.uid, keys.of(a)?.1));
     }
-    let pool = Arc::new(pool);
-    let wire_bytes = mtp::HEADER_LEN + 8 + pool[0].len() + mtp::MAC_LEN;
-    let mut it = conns.into_iter();
-    let creator = it.next().ok_or_else(|| fail("no creator"))?;
-    let receivers: Vec<Box<dyn RecvSide>> = it
-        .map(|c| {
-            Box::new(MpRecv {
-                conn: c,
-                sid,
-                author,
-                pool: pool.clone(),
-                acked: 0,
-                last: 0,
-            }) as Box<dyn RecvSide>
-        })
-        .collect();
-    let payload_len = pool[0].len();
-    let (sender, acks) = split_mp_sender(creator, sid, pool)?;
-    Ok(Group::new(
-        wire_bytes,
-        payload_len,
-        Box::new(sender),
-        Some(Box::new(acks)),
-        receivers,
-    ))
+    let now = client::now_ms();
+    let mut author = Author::new(sid, conns[0].uid, creator_key, recipients, now)?;
+    let created_ms = u64::try_from(now).unwrap_or(0);
+    let setup = vec![
+        author.sign_statement(&accounts_[0].name, &names, created_ms)?,
+        author.distribute()?,
+    ];
+    for env in &setup {
+        conns[0].send(MsgReq::TYPE, sid, &MsgReq { envelope: env }.encode())?;
+    }
+    for n in 1..=SETUP_MESSAGES {
+        let (_, p) = conns[0].next_of(MsgType::MsgRes, deadline)?;
+        if MsgRes::decode(&p) != Ok(MsgRes::Ok(n)) {
+            return Err(fail(format!(
+                "set-up message {n} answered {:?}",
+                String::from_utf8_lossy(&p)
+            )));
+        }
+    }
+    let author_uid = conns[0].uid;
+    for c in conns[1..].iter_mut() {
+        for n in 1..=SETUP_MESSAGES {
+            let (h, p) = loop {
+                let (h, p) = c.next_of(MsgType::MsgReq, deadline)?;
+                if h.sid == sid {
+                    break (h, p);
+                }
+            };
+            let d = Delivery::decode(&p).ctx(|| "a set-up delivery".to_string())?;
+            if d.n != n || h.uid != author_uid || d.envelope != &setup[(n - 1) as usize][..] {
+                return Err(fail(format!(
+                    "set-up message {n} arrived as message {} with other bytes or author",
+                    d.n
+                )));
+            }
+        }
+        c.send(Ack::TYPE, sid, &Ack { n: SETUP_MESSAGES }.encode())?;
+    }
+    Ok(LiveSession {
+        sid,
+        conns,
+        author,
+        setup,
+    })
 }
 
 /// The writing half of an mpchat connection, shared by the sending thread and the

@@ -76,6 +76,61 @@ fn status_field(pid: u32, name: &str) -> Result<u64, BenchError> {
     parse_status_field(&text, name).ok_or_else(|| fail(format!("no {name} in /proc/{pid}/status")))
 }
 
+/// `se.sum_exec_runtime` (milliseconds, with a fraction down to nanoseconds) from
+/// the text of `/proc/thread-self/sched`, as a duration.
+pub fn parse_sched_runtime(sched: &str) -> Option<Duration> {
+    let value = sched
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("se.sum_exec_runtime"))?
+        .trim_start()
+        .strip_prefix(':')?
+        .trim();
+    let (ms, frac) = value.split_once('.').unwrap_or((value, ""));
+    let ms: u64 = ms.parse().ok()?;
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ns: u64 = format!("{frac:0<6}").parse().ok()?;
+    Some(Duration::from_millis(ms) + Duration::from_nanos(ns))
+}
+
+/// CPU time used so far by the calling thread: from `/proc/thread-self/sched`, to the
+/// nanosecond, where the kernel has it (`CONFIG_SCHED_DEBUG`); otherwise from
+/// `/proc/thread-self/stat` in clock ticks (`ticks_per_s`), so callers time enough
+/// work for a tick not to matter. The second value says which clock it was.
+pub fn thread_cpu(ticks_per_s: u64) -> Result<(Duration, ThreadClock), BenchError> {
+    if let Some(d) = fs::read_to_string("/proc/thread-self/sched")
+        .ok()
+        .as_deref()
+        .and_then(parse_sched_runtime)
+    {
+        return Ok((d, ThreadClock::Sched));
+    }
+    let text = fs::read_to_string("/proc/thread-self/stat")
+        .ctx(|| "read /proc/thread-self/stat".to_string())?;
+    let t = parse_stat_cpu(&text).ok_or_else(|| fail("cannot parse /proc/thread-self/stat"))?;
+    Ok((ticks(t, ticks_per_s), ThreadClock::Ticks))
+}
+
+/// Which clock [`thread_cpu`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadClock {
+    /// `/proc/thread-self/sched`, nanoseconds.
+    Sched,
+    /// `/proc/thread-self/stat`, clock ticks.
+    Ticks,
+}
+
+impl ThreadClock {
+    /// How the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadClock::Sched => "/proc/thread-self/sched (ns)",
+            ThreadClock::Ticks => "/proc/thread-self/stat (clock ticks)",
+        }
+    }
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100, the Linux value, if that fails).
 pub fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
@@ -225,6 +280,23 @@ mod tests {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 0 0";
         assert_eq!(parse_stat_cpu(stat), Some(325));
         assert_eq!(parse_stat_cpu("4242 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn a_threads_run_time_is_read_from_its_sched_file() {
+        let sched = "bench (42, #threads: 3)\n----\nse.exec_start   :   4318876.838785\nse.sum_exec_runtime                          :           12.500250\nnr_switches : 1\n";
+        assert_eq!(
+            parse_sched_runtime(sched),
+            Some(Duration::from_nanos(12_500_250))
+        );
+        assert_eq!(parse_sched_runtime("nr_switches : 1\n"), None);
+        let (t0, _) = thread_cpu(100).unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        let (t1, _) = thread_cpu(100).unwrap();
+        assert!(t1 >= t0, "a thread's CPU time never goes back");
     }
 
     #[test]

@@ -131,6 +131,13 @@ impl Group {
             next: 1,
         }
     }
+
+    /// The same group whose first timed message is number `n` (at least 1): the
+    /// server has numbered `n - 1` set-up messages before it.
+    pub fn first_message(mut self, n: u64) -> Group {
+        self.next = n.max(1);
+        self
+    }
 }
 
 /// How the sender paces itself.

@@ -1,6 +1,6 @@
 //! The whole run: what to measure ([`Options`]), the machine described, the keys
-//! made, and each section (envelope, relay, login, memory, durability) run over the
-//! systems in turn, every figure added to the [`Report`].
+//! made, and each section (envelope, relay, backlog, login, memory, durability) run
+//! over the systems in turn, every figure added to the [`Report`].
 //!
 //! A section that fails or does not apply is recorded with its reason and the run
 //! goes on; this module must never stop the run on a server's misbehaviour, never
@@ -13,21 +13,21 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mpchat::crypto::{self, RsaPrivate, RsaPublic};
-use mpchat::{accounts, e2e};
+use mpchat::accounts;
+use mpchat::crypto::{self, RsaPrivate};
 
+use crate::backlog::{backlog_capacity, read_backlog};
+use crate::costs::{self, E2E_PARTICIPANTS, READ_BATCH};
 use crate::error::{fail, BenchError, Ctx};
 use crate::mpchatd::{
-    attach_mpchatd, start_mpchatd, AccountSpec, E2eKeys, Mpchat, MpchatServer, Target,
+    attach_mpchatd, start_mpchatd, AccountSpec, KeyPool, Mpchat, MpchatServer, Target,
     LOW_ITERATIONS, MPCHAT_MAX_PARTICIPANTS, TARGET_ACCOUNT_PREFIX,
 };
 use crate::ngircd::{ngircd_version, start_ngircd};
 use crate::plain::{start_plain_relay, Plain};
 use crate::proc::{clock_ticks_per_second, machine_busy, parse_status_field};
 use crate::process::TempDir;
-use crate::relay::{
-    run_relay, text_of, Group, Pace, RelayRun, LIGHT_RATE, SATURATED_WINDOW, TEXT_LEN,
-};
+use crate::relay::{run_relay, Group, Pace, RelayRun, LIGHT_RATE, SATURATED_WINDOW, TEXT_LEN};
 use crate::report::Report;
 use crate::stats::{median, percentile};
 use crate::workload::{handshakes, hold_idle, Handshakes, MemoryFigure, System};
@@ -56,8 +56,16 @@ pub struct Options {
     pub sizes: Vec<usize>,
     /// Sections to run.
     pub relay: bool,
-    /// Envelope build and open costs.
+    /// The client side of the end-to-end layer: envelope sizes, one-time costs,
+    /// per-message CPU (in the bench's own process).
     pub envelope: bool,
+    /// Reading a backlog after reconnecting (over a server).
+    pub backlog: bool,
+    /// Messages in that backlog.
+    pub backlog_messages: u64,
+    /// Messages sent, read in batches, and read one at a time for the per-message
+    /// figures.
+    pub client_messages: (usize, usize, usize),
     /// Login figures.
     pub login: bool,
     /// Memory figures.
@@ -119,6 +127,13 @@ impl Options {
             sizes: vec![2, 10, 50],
             relay: true,
             envelope: true,
+            backlog: true,
+            backlog_messages: 10_000,
+            client_messages: if quick {
+                (300, 1_000, 100)
+            } else {
+                (1_000, 3_000, 400)
+            },
             login: true,
             memory: true,
             durability: true,
@@ -172,7 +187,7 @@ struct Bench<'a> {
     log: &'a mut dyn Write,
     tps: u64,
     server_key: RsaPrivate,
-    keys: E2eKeys,
+    keys: KeyPool,
 }
 
 impl Bench<'_> {
@@ -242,11 +257,12 @@ pub fn run(o: &Options, log: &mut dyn Write) -> Result<Report, BenchError> {
     );
     let server_key =
         RsaPrivate::generate(crypto::SERVER_KEY_BITS).ctx(|| "make the server key".to_string())?;
-    let author = RsaPrivate::generate(o.key_bits).ctx(|| "make an end-to-end key".to_string())?;
-    let keys = E2eKeys {
-        public: author.public(),
-        author,
-    };
+    let needed = keys_needed(o);
+    let _ = writeln!(
+        log,
+        "mpchat-bench: making {needed} end-to-end keys (one per account in a session: a server binds each key to one account)"
+    );
+    let keys = KeyPool::generate(needed, o.key_bits)?;
     let mut b = Bench {
         o,
         report,
@@ -267,6 +283,11 @@ pub fn run(o: &Options, log: &mut dyn Write) -> Result<Report, BenchError> {
     if o.relay {
         if let Err(e) = relay(&mut b) {
             b.trouble("relay", e);
+        }
+    }
+    if o.backlog {
+        if let Err(e) = backlog(&mut b) {
+            b.trouble("backlog", e);
         }
     }
     if o.login {
@@ -361,37 +382,249 @@ fn describe_machine(o: &Options, busy: Option<f64>, r: &mut Report) {
     about("end-to-end key bits", o.key_bits.to_string());
 }
 
+/// The session sizes of the relay that mpchat can hold (2 to 100), each once, in
+/// order: the sizes its envelope figures are given at, and its relay accounts.
+pub fn mpchat_sizes(o: &Options) -> Vec<usize> {
+    let mut v: Vec<usize> = o
+        .sizes
+        .iter()
+        .copied()
+        .filter(|s| (2..=MPCHAT_MAX_PARTICIPANTS).contains(s))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Participants of the backlog's session: the largest relay size mpchat holds (50
+/// by default), at least 2.
+pub fn backlog_participants(o: &Options) -> usize {
+    mpchat_sizes(o).last().copied().unwrap_or(2)
+}
+
+/// End-to-end keys the selected sections need: one per account that joins a session
+/// on one server (relay: every size's accounts; durability: two per sender; backlog:
+/// its session), at least 2 for the client-side figures.
+pub fn keys_needed(o: &Options) -> usize {
+    let mut n = 0;
+    if o.relay {
+        n = n.max(mpchat_sizes(o).iter().sum());
+    }
+    if o.durability && o.target.is_none() {
+        n = n.max(2 * o.durability_senders.max(1));
+    }
+    if o.backlog {
+        n = n.max(backlog_participants(o));
+    }
+    if o.envelope {
+        n = n.max(2);
+    }
+    n
+}
+
 fn envelope(b: &mut Bench<'_>) -> Result<(), BenchError> {
-    let recipients: Vec<(u64, &RsaPublic)> = (1..=10u64).map(|u| (u, &b.keys.public)).collect();
-    let text = text_of(7);
-    let text = std::str::from_utf8(&text).map_err(|_| fail("text_of is ASCII"))?;
-    let (sid, author) = (0x5eed, 1_000);
-    let seal = || {
-        e2e::seal(sid, author, &b.keys.author, &recipients, text)
-            .ctx(|| "build an envelope".to_string())
-    };
-    let env = seal()?;
-    let build = time_ms(b.o.samples, seal)?;
-    let open = time_ms(b.o.samples, || {
-        e2e::open(sid, author, &b.keys.public, 1, &b.keys.author, &env)
-            .ctx(|| "open an envelope".to_string())
-    })?;
-    let p = "recipients=10";
-    b.report
-        .add("envelope", "mpchat", p, "build_ms", "ms", build);
-    b.report.add("envelope", "mpchat", p, "open_ms", "ms", open);
-    b.report.add(
-        "envelope",
-        "mpchat",
-        p,
-        "envelope_bytes",
-        "B",
-        env.len() as f64,
-    );
-    b.say(format!(
-        "envelope at 10 recipients: build {build:.2} ms, open {open:.2} ms, {} bytes",
-        env.len()
-    ));
+    let o = b.o;
+    let mut sizes = mpchat_sizes(o);
+    if sizes.is_empty() {
+        sizes = vec![2, 10, E2E_PARTICIPANTS];
+    }
+    for &size in &sizes {
+        let z = costs::sizes(&b.keys, size)?;
+        let p = format!("participants={size}");
+        let r = &mut b.report;
+        r.add(
+            "envelope",
+            "mpchat",
+            &p,
+            "message_bytes",
+            "B",
+            z.message as f64,
+        );
+        r.add(
+            "envelope",
+            "mpchat",
+            &p,
+            "wire_bytes_per_delivery",
+            "B",
+            z.message_wire as f64,
+        );
+        r.add(
+            "envelope",
+            "mpchat",
+            &p,
+            "distribution_bytes",
+            "B",
+            z.distribution as f64,
+        );
+        r.add(
+            "envelope",
+            "mpchat",
+            &p,
+            "distribution_wire_bytes_per_delivery",
+            "B",
+            z.distribution_wire as f64,
+        );
+        // Each member receives a sender's distribution once per key, and a key seals
+        // at most 1,000 messages.
+        r.add(
+            "envelope",
+            "mpchat",
+            &p,
+            "wire_bytes_per_delivery_with_keys",
+            "B",
+            z.message_wire as f64 + z.distribution_wire as f64 / 1_000.0,
+        );
+        r.add(
+            "envelope",
+            "mpchat",
+            &p,
+            "statement_bytes",
+            "B",
+            z.statement as f64,
+        );
+        b.say(format!(
+            "envelope at {size} participants: a 100-byte text is {} bytes, {} on the wire per delivery; a sender key's distribution is {} bytes ({} per delivery, once per key)",
+            z.message, z.message_wire, z.distribution, z.distribution_wire
+        ));
+    }
+    let parts = E2E_PARTICIPANTS;
+    let recipients = parts - 1;
+    let dir = TempDir::new("client")?;
+    for _ in 0..o.runs {
+        let t = costs::one_time(&b.keys, parts, o.samples)?;
+        let z = costs::sizes(&b.keys, parts)?;
+        for (kind, build, open, bytes) in [
+            (
+                "MPS2",
+                t.statement_sign_ms,
+                t.statement_verify_ms,
+                z.statement,
+            ),
+            (
+                "MPK2",
+                t.distribution_build_ms,
+                t.distribution_open_ms,
+                z.distribution,
+            ),
+        ] {
+            let p = format!("kind={kind} recipients={recipients}");
+            let r = &mut b.report;
+            r.add("envelope", "mpchat", &p, "build_ms", "ms", build);
+            r.add("envelope", "mpchat", &p, "open_ms", "ms", open);
+            r.add("envelope", "mpchat", &p, "bytes", "B", bytes as f64);
+        }
+        b.say(format!(
+            "one-time at {parts} participants: member list signed in {:.2} ms, verified in {:.2} ms; sender key distributed to {recipients} in {:.2} ms, taken by one in {:.2} ms",
+            t.statement_sign_ms, t.statement_verify_ms, t.distribution_build_ms, t.distribution_open_ms
+        ));
+        let m = costs::per_message(&b.keys, parts, o.client_messages, dir.path(), b.tps)?;
+        let p = format!("participants={parts}");
+        let r = &mut b.report;
+        for (metric_cpu, metric_wall, cost) in [
+            ("send_cpu_us", "send_wall_us", m.send),
+            ("persist_cpu_us", "persist_wall_us", m.persist),
+            ("read_cpu_us", "read_wall_us", m.read),
+            ("read_one_cpu_us", "read_one_wall_us", m.read_one),
+        ] {
+            r.add("client", "mpchat", &p, metric_cpu, "us", cost.cpu_us());
+            r.add("client", "mpchat", &p, metric_wall, "us", cost.wall_us());
+        }
+        r.add(
+            "client",
+            "mpchat",
+            &p,
+            "sender_state_bytes",
+            "B",
+            m.sender_state as f64,
+        );
+        r.add(
+            "client",
+            "mpchat",
+            &p,
+            "reader_state_bytes",
+            "B",
+            m.reader_state as f64,
+        );
+        if !r.about.iter().any(|(k, _)| k == "thread cpu clock") {
+            r.about
+                .push(("thread cpu clock".into(), m.clock.name().to_string()));
+        }
+        b.say(format!(
+            "client at {parts} participants: {:.1} us CPU per message sent ({:.1} of it the persist), {:.1} us per message read in batches of {READ_BATCH}, {:.1} us read one at a time",
+            m.send.cpu_us(),
+            m.persist.cpu_us(),
+            m.read.cpu_us(),
+            m.read_one.cpu_us()
+        ));
+    }
+    Ok(())
+}
+
+fn backlog(b: &mut Bench<'_>) -> Result<(), BenchError> {
+    let o = b.o;
+    let parts = backlog_participants(o);
+    let prefix = o.account_prefix();
+    let accts: Vec<AccountSpec> = (0..parts)
+        .map(|i| AccountSpec::new(&format!("{prefix}k{i}"), LOW_ITERATIONS).with_key(i))
+        .collect();
+    let cap = backlog_capacity(o.backlog_messages).to_string();
+    b.say(format!("backlog: starting mpchatd with {parts} accounts"));
+    let mp = b.mpchatd("backlog", &accts, &["--backlog-messages", &cap])?;
+    let dir = TempDir::new("backlog")?;
+    let messages = o.backlog_messages;
+    let p = format!("participants={parts} messages={messages}");
+    for _ in 0..o.runs {
+        let r = read_backlog(&mp, &accts, &b.keys, messages, dir.path(), b.tps)?;
+        let rep = &mut b.report;
+        rep.add(
+            "backlog",
+            "mpchat",
+            &p,
+            "client_cpu_s",
+            "s",
+            r.read.cpu.as_secs_f64(),
+        );
+        rep.add(
+            "backlog",
+            "mpchat",
+            &p,
+            "wall_s",
+            "s",
+            r.read.wall.as_secs_f64(),
+        );
+        rep.add(
+            "backlog",
+            "mpchat",
+            &p,
+            "cpu_us_per_message",
+            "us",
+            r.read.cpu_us(),
+        );
+        rep.add(
+            "backlog",
+            "mpchat",
+            &p,
+            "distributions",
+            "",
+            r.distributions as f64,
+        );
+        rep.add(
+            "backlog",
+            "mpchat",
+            &p,
+            "envelope_bytes",
+            "B",
+            r.envelope_bytes as f64,
+        );
+        rep.add("backlog", "mpchat", &p, "batches", "", r.batches as f64);
+        b.say(format!(
+            "backlog of {messages} messages ({} sender keys distributed inside) at {parts} participants: {:.3} s of client CPU, {:.3} s wall, {} batches",
+            r.distributions,
+            r.read.cpu.as_secs_f64(),
+            r.read.wall.as_secs_f64(),
+            r.batches
+        ));
+    }
     Ok(())
 }
 
@@ -453,17 +686,18 @@ fn record_relay(
 fn relay(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let o = b.o;
     let prefix = o.account_prefix();
+    // Every account its own key (a server binds one key to one account).
     let mut per_size: HashMap<usize, Vec<AccountSpec>> = HashMap::new();
-    for &s in o
-        .sizes
-        .iter()
-        .filter(|&&s| (2..=MPCHAT_MAX_PARTICIPANTS).contains(&s))
-    {
-        per_size.entry(s).or_insert_with(|| {
-            (0..s)
-                .map(|i| AccountSpec::new(&format!("{prefix}r{s}-{i}"), LOW_ITERATIONS))
-                .collect()
-        });
+    let mut next_key = 0;
+    for s in mpchat_sizes(o) {
+        let accts = (0..s)
+            .map(|i| {
+                AccountSpec::new(&format!("{prefix}r{s}-{i}"), LOW_ITERATIONS)
+                    .with_key(next_key + i)
+            })
+            .collect();
+        next_key += s;
+        per_size.insert(s, accts);
     }
     let all: Vec<AccountSpec> = per_size.values().flatten().cloned().collect();
     b.say(format!(
@@ -486,6 +720,36 @@ fn relay(b: &mut Bench<'_>) -> Result<(), BenchError> {
     } else {
         None
     };
+    // One fsync of the disk the servers' state directories are on: what a durable
+    // message may cost over a relay that stores nothing (the light-load budget).
+    let disk = TempDir::new("relay-fsync")?;
+    for _ in 0..o.runs {
+        let lat = fsync_latencies(disk.path(), 500, Duration::from_secs(2))?;
+        let ms = |q| percentile(&lat, q).map_or(f64::NAN, |ns| ns as f64 / 1e6);
+        let r = &mut b.report;
+        r.add(
+            "relay-light",
+            "disk",
+            FSYNC_PARAM,
+            "fsync_p50_ms",
+            "ms",
+            ms(0.5),
+        );
+        r.add(
+            "relay-light",
+            "disk",
+            FSYNC_PARAM,
+            "fsync_p99_ms",
+            "ms",
+            ms(0.99),
+        );
+        b.say(format!(
+            "disk: one fsync of a 128-byte append takes {:.3} ms (p50), {:.3} ms (p99)",
+            ms(0.5),
+            ms(0.99)
+        ));
+    }
+    drop(disk);
     for &size in &o.sizes {
         if size < 2 {
             b.trouble(
@@ -780,8 +1044,8 @@ fn durability(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let accts: Vec<AccountSpec> = (0..senders)
         .flat_map(|i| {
             [
-                AccountSpec::new(&format!("d{i}"), LOW_ITERATIONS),
-                AccountSpec::new(&format!("e{i}"), LOW_ITERATIONS),
+                AccountSpec::new(&format!("d{i}"), LOW_ITERATIONS).with_key(2 * i),
+                AccountSpec::new(&format!("e{i}"), LOW_ITERATIONS).with_key(2 * i + 1),
             ]
         })
         .collect();
@@ -880,6 +1144,36 @@ pub fn time_ms<T>(
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
     median(&v).ok_or_else(|| fail("no samples"))
+}
+
+/// The JSON `param` of the relay section's fsync figures.
+pub const FSYNC_PARAM: &str = "append+fdatasync";
+
+/// Latencies (ns, sorted) of at most `count` fsyncs of a 128-byte append in `dir`,
+/// bounded by `duration`.
+pub fn fsync_latencies(
+    dir: &Path,
+    count: usize,
+    duration: Duration,
+) -> Result<Vec<u64>, BenchError> {
+    let path = dir.join("fsync-latency");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .ctx(|| format!("create {}", path.display()))?;
+    let t0 = Instant::now();
+    let mut lat = Vec::with_capacity(count);
+    while lat.len() < count && t0.elapsed() < duration {
+        let t = Instant::now();
+        f.write_all(&[0x5a; 128]).ctx(|| "append".to_string())?;
+        f.sync_data().ctx(|| "fsync".to_string())?;
+        lat.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    drop(f);
+    let _ = fs::remove_file(&path);
+    lat.sort_unstable();
+    Ok(lat)
 }
 
 /// Fsyncs per second of a 128-byte append in `dir`: the cost one durable message pays
