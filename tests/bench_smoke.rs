@@ -55,7 +55,7 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
                 "--login-iterations",
                 "1000",
             ])
-            .args(["--senders", "2", "--runs", "1"]),
+            .args(["--senders", "2", "--runs", "1", "--backlog", "500"]),
         "run",
     );
     for heading in [
@@ -65,6 +65,8 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
         "Memory",
         "Durability",
         "End-to-end envelope",
+        "Client per message at 50 participants",
+        "Backlog",
     ] {
         assert!(
             stdout.contains(heading),
@@ -93,6 +95,12 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
         "\"system\": \"fsync-per-request\", \"param\": \"senders=2\", \"metric\": \"acked_per_s\"",
         "\"system\": \"group-commit\", \"param\": \"senders=2 window=32\", \"metric\": \"acked_per_s\"",
         "\"metric\": \"build_ms\"",
+        "{\"section\": \"envelope\", \"system\": \"mpchat\", \"param\": \"participants=3\", \"metric\": \"wire_bytes_per_delivery\"",
+        "{\"section\": \"envelope\", \"system\": \"mpchat\", \"param\": \"kind=MPK2 recipients=49\", \"metric\": \"open_ms\"",
+        "{\"section\": \"client\", \"system\": \"mpchat\", \"param\": \"participants=50\", \"metric\": \"send_cpu_us\"",
+        "{\"section\": \"client\", \"system\": \"mpchat\", \"param\": \"participants=50\", \"metric\": \"read_cpu_us\"",
+        "{\"section\": \"backlog\", \"system\": \"mpchat\", \"param\": \"participants=3 messages=500\", \"metric\": \"client_cpu_s\"",
+        "{\"section\": \"relay-light\", \"system\": \"disk\", \"param\": \"append+fdatasync\", \"metric\": \"fsync_p50_ms\"",
     ] {
         assert!(text.contains(key), "no {key} in\n{text}");
     }

@@ -574,7 +574,15 @@ fn backlog(b: &mut Bench<'_>) -> Result<(), BenchError> {
     let messages = o.backlog_messages;
     let p = format!("participants={parts} messages={messages}");
     for _ in 0..o.runs {
-        let r = read_backlog(&mp, &accts, &b.keys, messages, dir.path(), b.tps)?;
+        let r = read_backlog(&mp, &accts, &b.keys, messages, dir.path(), b.tps).map_err(
+            |e| match e {
+                BenchError::Fail(m) => fail(format!(
+                    "{m}; the server's log ends: {}",
+                    mp.daemon.log_tail()
+                )),
+                skip => skip,
+            },
+        )?;
         let rep = &mut b.report;
         rep.add(
             "backlog",
