@@ -215,6 +215,9 @@ pub struct PerMessage {
     pub send: Cost,
     /// One persist of the sender's state alone (part of `send`).
     pub persist: Cost,
+    /// Seal and MTP-seal without the persist (the rest of `send`), under a key of
+    /// its own.
+    pub seal: Cost,
     /// Reading in batches of [`READ_BATCH`]: MTP-open, check and open; per batch one
     /// persist and one acknowledgement; per message.
     pub read: Cost,
@@ -282,6 +285,26 @@ pub fn per_message(
     let (persist_cost, _) = measure(tps, persists, || {
         for _ in 0..persists {
             persist(&author.state, &path)?;
+        }
+        Ok(())
+    })?;
+    let mut fresh = creator_author(keys, participants)?;
+    fresh.distribute()?;
+    let (seal, _) = measure(tps, send_n as u64, || {
+        for t in &texts {
+            let sealed = fresh.seal(t, now_ms())?;
+            let frame = mtp_out
+                .seal(
+                    MsgReq::TYPE,
+                    SID,
+                    uid(0),
+                    &MsgReq {
+                        envelope: &sealed.message,
+                    }
+                    .encode(),
+                )
+                .ctx(|| "seal a frame".to_string())?;
+            std::hint::black_box(frame);
         }
         Ok(())
     })?;
@@ -365,6 +388,7 @@ pub fn per_message(
     Ok(PerMessage {
         send,
         persist: persist_cost,
+        seal,
         read,
         read_one,
         sender_state,

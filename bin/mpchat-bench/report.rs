@@ -247,10 +247,11 @@ fn render_e2e(report: &Report, o: &Options, t: &mut String) {
                 "send_wall_us",
             ),
             (
-                "  of which the persist (write, fsync, rename)",
+                "  the persist alone (write, fsync, rename)",
                 "persist_cpu_us",
                 "persist_wall_us",
             ),
+            ("  seal and MTP alone", "seal_cpu_us", "seal_wall_us"),
             (
                 "read, batches of up to 256: open, verify, MTP",
                 "read_cpu_us",

@@ -523,6 +523,7 @@ fn envelope(b: &mut Bench<'_>) -> Result<(), BenchError> {
         for (metric_cpu, metric_wall, cost) in [
             ("send_cpu_us", "send_wall_us", m.send),
             ("persist_cpu_us", "persist_wall_us", m.persist),
+            ("seal_cpu_us", "seal_wall_us", m.seal),
             ("read_cpu_us", "read_wall_us", m.read),
             ("read_one_cpu_us", "read_one_wall_us", m.read_one),
         ] {
