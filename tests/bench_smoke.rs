@@ -100,7 +100,7 @@ fn a_tiny_run_measures_every_section_and_loses_no_message() {
         "{\"section\": \"client\", \"system\": \"mpchat\", \"param\": \"participants=50\", \"metric\": \"send_cpu_us\"",
         "{\"section\": \"client\", \"system\": \"mpchat\", \"param\": \"participants=50\", \"metric\": \"read_cpu_us\"",
         "{\"section\": \"backlog\", \"system\": \"mpchat\", \"param\": \"participants=3 messages=500\", \"metric\": \"client_cpu_s\"",
-        "{\"section\": \"relay-light\", \"system\": \"disk\", \"param\": \"append+fdatasync\", \"metric\": \"fsync_p50_ms\"",
+        "{\"section\": \"relay-light\", \"system\": \"disk\", \"param\": \"participants=3\", \"metric\": \"fsync_p50_ms\"",
     ] {
         assert!(text.contains(key), "no {key} in\n{text}");
     }

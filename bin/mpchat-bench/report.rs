@@ -8,7 +8,7 @@
 use crate::costs::{E2E_PARTICIPANTS, READ_BATCH};
 use crate::relay::{SATURATED_WINDOW, TEXT_LEN};
 use crate::run::{
-    backlog_participants, durability_param, mpchat_sizes, Options, DURABILITY_WINDOWS, FSYNC_PARAM,
+    backlog_participants, durability_param, mpchat_sizes, Options, DURABILITY_WINDOWS,
 };
 use crate::stats::median;
 
@@ -369,22 +369,21 @@ pub fn render(report: &Report, o: &Options) -> String {
             if !ratios.is_empty() {
                 t.push_str(&format!("{:>5} ratios of {what}: {}\n", "", ratios.join(", ")));
             }
-            let fsync = report.get(section, "disk", FSYNC_PARAM, "fsync_p50_ms");
-            if let (true, Some(mp), Some(ng), Some(fs)) =
-                (section == "relay-light", mp, g("ngircd", metric), fsync)
-            {
+            let fsync = |m: &str| report.get(section, "disk", &p, m);
+            if let (true, Some(mp), Some(ng), Some(f50), Some(f99)) = (
+                section == "relay-light",
+                mp,
+                g("ngircd", metric),
+                fsync("fsync_p50_ms"),
+                fsync("fsync_p99_ms"),
+            ) {
                 t.push_str(&format!(
-                    "{:>5} p99: mpchat {mp:.2} ms; ngircd {ng:.2} ms + one fsync {fs:.2} ms = {:.2} ms\n",
+                    "{:>5} p99 {mp:.2} ms against ngircd's p99 plus one fsync of the disk (timed just before): {:.2} ms with its p50 ({f50:.3} ms), {:.2} ms with its p99 ({f99:.3} ms)\n",
                     "",
-                    ng + fs
+                    ng + f50,
+                    ng + f99
                 ));
             }
-        }
-        if let Some(fs) = report.get(section, "disk", FSYNC_PARAM, "fsync_p50_ms") {
-            t.push_str(&format!(
-                "one fsync of a 128-byte append on the servers' disk: {fs:.3} ms (p50), {} ms (p99)\n",
-                num(report.get(section, "disk", FSYNC_PARAM, "fsync_p99_ms"), 3)
-            ));
         }
     }
     render_e2e(report, o, &mut t);
