@@ -40,6 +40,14 @@ pub struct Backlog {
     pub batches: u64,
 }
 
+/// Prefixes a failure with the step it happened in.
+fn during(step: &'static str) -> impl Fn(BenchError) -> BenchError {
+    move |e| match e {
+        BenchError::Fail(m) => fail(format!("{step}: {m}")),
+        skip => skip,
+    }
+}
+
 /// The `--backlog-messages` a server needs to hold `messages` texts with their
 /// rotations' distributions and the session's set-up.
 pub fn backlog_capacity(messages: u64) -> u64 {
@@ -57,7 +65,8 @@ pub fn read_backlog(
     dir: &Path,
     tps: u64,
 ) -> Result<Backlog, BenchError> {
-    let mut live = live_session(server, accounts_, keys)?;
+    let mut live =
+        live_session(server, accounts_, keys).map_err(during("setting up the session"))?;
     let sid = live.sid;
     let mut conns = std::mem::take(&mut live.conns);
     let author_uid = conns[0].uid;
@@ -102,21 +111,25 @@ pub fn read_backlog(
             ))),
         }
     };
-    for i in 0..messages {
-        let text = String::from_utf8_lossy(&text_of(i)).into_owned();
-        let sealed = live.author.seal(&text, now_ms())?;
-        if let Some(d) = &sealed.distribution {
-            distributions += 1;
-            send(&mut sender, d, &mut sent)?;
+    (|| -> Result<(), BenchError> {
+        for i in 0..messages {
+            let text = String::from_utf8_lossy(&text_of(i)).into_owned();
+            let sealed = live.author.seal(&text, now_ms())?;
+            if let Some(d) = &sealed.distribution {
+                distributions += 1;
+                send(&mut sender, d, &mut sent)?;
+            }
+            send(&mut sender, &sealed.message, &mut sent)?;
+            while sent - answered > SATURATED_WINDOW {
+                await_reply(&mut sender, &mut answered)?;
+            }
         }
-        send(&mut sender, &sealed.message, &mut sent)?;
-        while sent - answered > SATURATED_WINDOW {
+        while answered < sent {
             await_reply(&mut sender, &mut answered)?;
         }
-    }
-    while answered < sent {
-        await_reply(&mut sender, &mut answered)?;
-    }
+        Ok(())
+    })()
+    .map_err(during("sending the backlog"))?;
     drop(sender);
 
     // The member comes back.
@@ -174,15 +187,21 @@ pub fn read_backlog(
             }
         }
         Ok(())
-    })?;
+    })
+    .map_err(during("reading the backlog"))?;
     if texts != messages {
         return Err(fail(format!("{texts} of {messages} backlog texts read")));
     }
     // The members who stayed away never read it: close the session, so its stored
     // messages do not follow them into the next run's session.
-    let mut closer = MpConn::login(server.daemon.addr, &server.key, &accounts_[0])?;
-    closer.send(CloseReq::TYPE, sid, &CloseReq.encode())?;
-    let (_, p) = closer.next_of(CloseRes::TYPE, Instant::now() + BACKLOG_TIMEOUT)?;
+    let p = (|| {
+        let mut closer = MpConn::login(server.daemon.addr, &server.key, &accounts_[0])?;
+        closer.send(CloseReq::TYPE, sid, &CloseReq.encode())?;
+        closer
+            .next_of(CloseRes::TYPE, Instant::now() + BACKLOG_TIMEOUT)
+            .map(|(_, p)| p)
+    })()
+    .map_err(during("closing the session"))?;
     if CloseRes::decode(&p) != Ok(CloseRes::Ok) {
         return Err(fail(format!(
             "closing the backlog's session: {:?}",
